@@ -1,0 +1,57 @@
+//! `drover`: the command line.
+//!
+//! Exit statuses: 0 success, 1 an invalid blueprint or a failed workflow (the reason on stderr),
+//! 2 a usage error (clap's), 3 anything else that went wrong (an unreadable inputs file …).
+
+mod blueprint;
+mod inputs;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "drover", version, about = "Orchestrates deployments of thousands of node instances from Cloudify DSL blueprints")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate blueprints and make their deployment plans.
+    #[command(subcommand)]
+    Blueprint(blueprint::BlueprintCommand),
+}
+
+/// The outcome of a command that did not succeed.
+pub enum Failure {
+    /// The user's input is wrong (an invalid blueprint): exit 1.
+    Invalid(String),
+    /// Anything else: exit 3.
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Other(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Blueprint(cmd) => blueprint::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Invalid(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Other(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}

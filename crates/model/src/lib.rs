@@ -1,0 +1,15 @@
+//! drover's shared data model.
+//!
+//! Every service and library meets on these types: the deployment plan that `dsl` produces is the
+//! input of the workflow engine, and the JSON form of [`Plan`] follows the field names of
+//! Cloudify's deployment plan so that Cloudify's tools can read it.
+
+pub mod plan;
+
+pub use plan::{
+    InstanceRelationship, Instances, Operation, Plan, PlanNode, PlanNodeInstance,
+    PlanRelationship, ScalableProperties, ScalingGroup, ScalingGroupRef, WorkflowSpec,
+};
+
+/// A JSON object, in insertion order (property order is kept as the blueprint wrote it).
+pub type Map = serde_json::Map<String, serde_json::Value>;
