@@ -5,11 +5,13 @@
 //! Cloudify's deployment plan so that Cloudify's tools can read it.
 
 pub mod plan;
+pub mod task;
 
 pub use plan::{
     InstanceRelationship, Instances, Operation, Plan, PlanNode, PlanNodeInstance,
     PlanRelationship, ScalableProperties, ScalingGroup, ScalingGroupRef, WorkflowSpec,
 };
+pub use task::{OperationTask, TaskNode, TaskOutcome, TaskRelationship, TaskResult};
 
 /// A JSON object, in insertion order (property order is kept as the blueprint wrote it).
 pub type Map = serde_json::Map<String, serde_json::Value>;
