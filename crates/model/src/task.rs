@@ -46,6 +46,9 @@ pub struct OperationTask {
 pub struct TaskNode {
     pub node_instance_id: String,
     pub node_id: String,
+    /// The node's type name (`ctx node type`); empty when the engine did not say.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_type: String,
     pub properties: Map,
     pub runtime_properties: Map,
 }
