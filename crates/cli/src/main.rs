@@ -39,6 +39,7 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn main() -> ExitCode {
+    drover_agent::ctx::main_if_invoked_as_ctx();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Blueprint(cmd) => blueprint::run(cmd),
