@@ -1,0 +1,326 @@
+//! The connection to the broker, opened again whenever it fails.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use backon::Retryable;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm};
+use tracing::{info, warn};
+
+use super::convert::Outgoing;
+use super::{AmqpOptions, classify};
+use crate::error::{BusError, Result};
+use crate::topology::{ExchangeKind, QueueSpec};
+
+/// One connection and its publishing channel. `generation` tells connections apart, so that
+/// a failure seen on an old one does not tear down its successor.
+pub(crate) struct Session {
+    pub connection: Connection,
+    pub generation: u64,
+    publisher: Channel,
+    /// Publishes on one channel are serialised: lapin numbers a confirm when the publish
+    /// starts and the broker when the frames arrive, and these must agree.
+    publish_lock: tokio::sync::Mutex<()>,
+}
+
+impl Session {
+    fn usable(&self) -> bool {
+        self.connection.status().connected() && self.publisher.status().connected()
+    }
+}
+
+/// A publish handed to the broker, with the generation it went out on.
+pub(crate) type Sent = std::result::Result<(u64, PublisherConfirm), SendError>;
+
+/// Why a send did not happen.
+pub(crate) enum SendError {
+    /// The connection failed under it: worth sending again on the next one.
+    Lost(BusError),
+    /// No connection within the reconnect budget, or the bus is closed.
+    Final(BusError),
+}
+
+/// The bus's connection, its options, and the queues declared on it since it started.
+pub(crate) struct Sessions {
+    pub options: AmqpOptions,
+    current: tokio::sync::Mutex<Option<Arc<Session>>>,
+    declared: Mutex<Vec<QueueSpec>>,
+    closed: AtomicBool,
+}
+
+impl Sessions {
+    pub fn new(options: AmqpOptions) -> Self {
+        Self {
+            options,
+            current: tokio::sync::Mutex::new(None),
+            declared: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// The live session, connecting (with backoff, within the budget) when there is none.
+    pub async fn current(&self) -> Result<Arc<Session>> {
+        let mut slot = self.current.lock().await;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BusError::Unavailable("the bus was closed".into()));
+        }
+        if let Some(session) = slot.as_ref().filter(|s| s.usable()) {
+            return Ok(session.clone());
+        }
+        let generation = slot.as_ref().map_or(1, |s| s.generation + 1);
+        if let Some(old) = slot.take() {
+            close_connection(old, "reconnecting");
+        }
+        let session = (|| self.open(generation))
+            .retry(self.options.backoff())
+            .when(|error| matches!(error, BusError::Unavailable(_)))
+            .notify(|error, delay| warn!(%error, ?delay, "broker unreachable; retrying"))
+            .await?;
+        info!(generation, "connected to the broker");
+        let session = Arc::new(session);
+        *slot = Some(session.clone());
+        Ok(session)
+    }
+
+    /// Drops the session of `generation` after a failure on it, so the next user reconnects.
+    pub async fn invalidate(&self, generation: u64) {
+        let mut slot = self.current.lock().await;
+        if slot.as_ref().is_some_and(|s| s.generation == generation)
+            && let Some(old) = slot.take()
+        {
+            close_connection(old, "failed");
+        }
+    }
+
+    pub async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Some(old) = self.current.lock().await.take() {
+            let _already_closed = old.connection.close(200, "closed".into()).await;
+        }
+    }
+
+    async fn open(&self, generation: u64) -> Result<Session> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(self.options.connection_name.as_str().into());
+        let connection = Connection::connect(&self.options.url, properties)
+            .await
+            .map_err(|e| BusError::Unavailable(format!("connecting to the broker: {e}")))?;
+        match self.prepare(&connection).await {
+            Ok(publisher) => Ok(Session {
+                connection,
+                generation,
+                publisher,
+                publish_lock: tokio::sync::Mutex::new(()),
+            }),
+            Err(error) => {
+                let _already_failed = connection.close(200, "setup failed".into()).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Declares the topology and every queue declared so far; returns the publishing channel.
+    async fn prepare(&self, connection: &Connection) -> Result<Channel> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| classify("opening a channel", &e))?;
+        let topology = &self.options.topology;
+        for exchange in topology.exchanges() {
+            let kind = match exchange.kind {
+                ExchangeKind::Direct => lapin::ExchangeKind::Direct,
+                ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
+                ExchangeKind::ConsistentHash => {
+                    lapin::ExchangeKind::Custom("x-consistent-hash".into())
+                }
+            };
+            let options = ExchangeDeclareOptions {
+                durable: exchange.durable,
+                ..ExchangeDeclareOptions::default()
+            };
+            channel
+                .exchange_declare(
+                    exchange.name.as_str().into(),
+                    kind,
+                    options,
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| classify(&format!("declaring exchange {}", exchange.name), &e))?;
+        }
+        let declared = self.declared.lock().map(|d| d.clone()).unwrap_or_default();
+        for queue in topology.queues().iter().chain(&declared) {
+            declare_queue(&channel, queue).await?;
+        }
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| classify("enabling publisher confirms", &e))?;
+        Ok(channel)
+    }
+
+    /// Declares a queue now and after every reconnect.
+    pub async fn declare_queue(&self, spec: QueueSpec) -> Result<()> {
+        let mut attempts = 0;
+        loop {
+            let session = self.current().await?;
+            // A channel of its own: a refused declaration closes the channel it was made on.
+            let result = match session.connection.create_channel().await {
+                Ok(channel) => {
+                    let result = declare_queue(&channel, &spec).await;
+                    let _closing = channel.close(200, "declared".into()).await;
+                    result
+                }
+                Err(e) => Err(classify("opening a channel", &e)),
+            };
+            match result {
+                Ok(()) => break,
+                Err(BusError::Unavailable(reason)) if attempts < 5 => {
+                    warn!(%reason, queue = %spec.name, "declaring again after a connection failure");
+                    attempts += 1;
+                    self.invalidate(session.generation).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        if let Ok(mut declared) = self.declared.lock()
+            && !declared.contains(&spec)
+        {
+            declared.push(spec);
+        }
+        Ok(())
+    }
+
+    /// Hands a message to the broker (without waiting for its confirm).
+    pub async fn send(&self, outgoing: &Outgoing) -> Sent {
+        let session = self.current().await.map_err(SendError::Final)?;
+        let sent = {
+            let _serial = session.publish_lock.lock().await;
+            session
+                .publisher
+                .basic_publish(
+                    outgoing.exchange.clone(),
+                    outgoing.routing_key.clone(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
+                    &outgoing.body,
+                    outgoing.properties.clone(),
+                )
+                .await
+        };
+        match sent {
+            Ok(confirm) => Ok((session.generation, confirm)),
+            Err(e) => {
+                self.invalidate(session.generation).await;
+                Err(SendError::Lost(classify("publishing", &e)))
+            }
+        }
+    }
+
+    /// Awaits the confirm of a send, sending again while the connection fails under it.
+    pub async fn confirm(&self, outgoing: &Outgoing, first: Sent) -> Result<()> {
+        let mut sent = first;
+        let mut attempt = 1;
+        loop {
+            let lost = match sent {
+                Err(SendError::Final(error)) => return Err(error),
+                Err(SendError::Lost(error)) => error,
+                Ok((generation, confirm)) => {
+                    match tokio::time::timeout(self.options.confirm_timeout, confirm).await {
+                        Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {
+                            return Ok(());
+                        }
+                        Ok(Ok(Confirmation::Ack(Some(_returned)))) => {
+                            return Err(BusError::Unroutable {
+                                exchange: outgoing.exchange.to_string(),
+                                routing_key: outgoing.routing_key.to_string(),
+                            });
+                        }
+                        Ok(Ok(Confirmation::Nack(_))) => {
+                            BusError::Unavailable("the broker refused the message (nack)".into())
+                        }
+                        Ok(Err(e)) => {
+                            self.invalidate(generation).await;
+                            classify("awaiting a confirm", &e)
+                        }
+                        Err(_elapsed) => BusError::Unavailable(format!(
+                            "no confirm within {:?}",
+                            self.options.confirm_timeout
+                        )),
+                    }
+                }
+            };
+            if !matches!(lost, BusError::Unavailable(_)) || attempt >= self.options.publish_attempts
+            {
+                return Err(lost);
+            }
+            warn!(error = %lost, attempt, routing_key = %outgoing.routing_key, "publishing again");
+            tokio::time::sleep(self.retry_delay(attempt)).await;
+            attempt += 1;
+            sent = self.send(outgoing).await;
+        }
+    }
+
+    fn retry_delay(&self, attempt: usize) -> Duration {
+        let factor = 1u32 << attempt.min(10);
+        (self.options.reconnect_min * factor).min(self.options.reconnect_max)
+    }
+}
+
+async fn declare_queue(channel: &Channel, spec: &QueueSpec) -> Result<()> {
+    let mut arguments = FieldTable::default();
+    if let Some(exchange) = &spec.dead_letter_exchange {
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(LongString::from(exchange.as_str())),
+        );
+    }
+    if let Some(expires) = spec.expires {
+        let millis = i64::try_from(expires.as_millis()).unwrap_or(i64::MAX);
+        arguments.insert("x-expires".into(), AMQPValue::LongLongInt(millis));
+    }
+    let options = QueueDeclareOptions {
+        durable: spec.durable,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(spec.name.as_str().into(), options, arguments)
+        .await
+        .map_err(|e| classify(&format!("declaring queue {}", spec.name), &e))?;
+    for binding in &spec.bindings {
+        channel
+            .queue_bind(
+                spec.name.as_str().into(),
+                binding.exchange.as_str().into(),
+                binding.key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| {
+                classify(
+                    &format!("binding queue {} to {}", spec.name, binding.exchange),
+                    &e,
+                )
+            })?;
+    }
+    Ok(())
+}
+
+/// Closes a connection in the background: it may be dead already, and nobody waits for it.
+fn close_connection(session: Arc<Session>, reason: &'static str) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let _already_closed = session.connection.close(200, reason.into()).await;
+        });
+    }
+}
