@@ -5,11 +5,15 @@
 //! Cloudify's deployment plan so that Cloudify's tools can read it.
 
 pub mod plan;
+pub mod runtime;
 pub mod task;
 
 pub use plan::{
-    InstanceRelationship, Instances, Operation, Plan, PlanNode, PlanNodeInstance,
-    PlanRelationship, ScalableProperties, ScalingGroup, ScalingGroupRef, WorkflowSpec,
+    InstanceRelationship, Instances, Operation, Plan, PlanNode, PlanNodeInstance, PlanRelationship,
+    ScalableProperties, ScalingGroup, ScalingGroupRef, WorkflowSpec,
+};
+pub use runtime::{
+    Deployment, Event, EventContext, EventMessage, Execution, ExecutionStatus, NodeInstance,
 };
 pub use task::{OperationTask, TaskNode, TaskOutcome, TaskRelationship, TaskResult};
 

@@ -1,0 +1,156 @@
+//! [`MemoryStore`]: the state store in memory, for tests and throwaway runs.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use drover_model::{Deployment, Event, Execution, NodeInstance};
+use indexmap::IndexMap;
+
+use crate::{JournalEntry, Result, StateStore};
+
+/// Everything in memory; nothing survives the process.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    deployments: IndexMap<String, Deployment>,
+    instances: HashMap<String, IndexMap<String, NodeInstance>>,
+    executions: IndexMap<String, Execution>,
+    journals: HashMap<String, Vec<JournalEntry>>,
+    events: HashMap<String, Vec<Event>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind, still consistent per call.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl StateStore for MemoryStore {
+    fn put_deployment(&self, deployment: &Deployment) -> Result<()> {
+        self.lock()
+            .deployments
+            .insert(deployment.id.clone(), deployment.clone());
+        Ok(())
+    }
+
+    fn deployment(&self, id: &str) -> Result<Option<Deployment>> {
+        Ok(self.lock().deployments.get(id).cloned())
+    }
+
+    fn deployments(&self) -> Result<Vec<String>> {
+        let inner = self.lock();
+        let mut all: Vec<&Deployment> = inner.deployments.values().collect();
+        all.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+        Ok(all.into_iter().map(|d| d.id.clone()).collect())
+    }
+
+    fn delete_deployment(&self, id: &str) -> Result<()> {
+        let mut inner = self.lock();
+        inner.deployments.shift_remove(id);
+        inner.instances.remove(id);
+        Ok(())
+    }
+
+    fn put_node_instances(&self, deployment_id: &str, instances: &[NodeInstance]) -> Result<()> {
+        let mut inner = self.lock();
+        let map = inner.instances.entry(deployment_id.to_owned()).or_default();
+        for instance in instances {
+            map.insert(instance.id.clone(), instance.clone());
+        }
+        Ok(())
+    }
+
+    fn delete_node_instances(&self, deployment_id: &str, ids: &[String]) -> Result<()> {
+        if let Some(map) = self.lock().instances.get_mut(deployment_id) {
+            for id in ids {
+                map.shift_remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    fn node_instances(&self, deployment_id: &str) -> Result<Vec<NodeInstance>> {
+        Ok(self
+            .lock()
+            .instances
+            .get(deployment_id)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    fn put_execution(&self, execution: &Execution) -> Result<()> {
+        self.lock()
+            .executions
+            .insert(execution.id.clone(), execution.clone());
+        Ok(())
+    }
+
+    fn execution(&self, id: &str) -> Result<Option<Execution>> {
+        Ok(self.lock().executions.get(id).cloned())
+    }
+
+    fn executions(&self, deployment_id: &str) -> Result<Vec<Execution>> {
+        let mut found: Vec<Execution> = self
+            .lock()
+            .executions
+            .values()
+            .filter(|e| e.deployment_id == deployment_id)
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+        Ok(found)
+    }
+
+    fn append_journal(&self, execution_id: &str, entries: &[JournalEntry]) -> Result<()> {
+        self.lock()
+            .journals
+            .entry(execution_id.to_owned())
+            .or_default()
+            .extend(entries.iter().cloned());
+        Ok(())
+    }
+
+    fn journal(&self, execution_id: &str) -> Result<Vec<JournalEntry>> {
+        Ok(self
+            .lock()
+            .journals
+            .get(execution_id)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn append_events(&self, execution_id: &str, events: &[Event]) -> Result<()> {
+        self.lock()
+            .events
+            .entry(execution_id.to_owned())
+            .or_default()
+            .extend(events.iter().cloned());
+        Ok(())
+    }
+
+    fn events(&self, execution_id: &str) -> Result<Vec<Event>> {
+        Ok(self
+            .lock()
+            .events
+            .get(execution_id)
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passes_the_shared_suite() {
+        crate::suite::run(&super::MemoryStore::new());
+    }
+}

@@ -1,0 +1,650 @@
+//! Runs one phase's graph: in-degree counters and a ready queue (no scan of the graph per
+//! step), at most `parallelism` operations in flight, retries on a timer heap, journal and
+//! instance changes flushed to the store in batches.
+//!
+//! Flushing: task completions are journaled in batches of up to [`BATCH`] entries or every
+//! [`FLUSH_EVERY`]. Before sending new tasks, a batch holding the completion of an operation
+//! that really ran is flushed first, so a crash cannot lose the fact that an operation finished
+//! once anything after it started. Dry-run completions are only batched: re-sending those after
+//! a crash runs nothing.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::time::Duration;
+
+use drover_model::{
+    Event, EventContext, OperationTask, TaskNode, TaskOutcome, TaskRelationship, TaskResult,
+};
+use drover_store::{JournalEntry, StateStore};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::dispatch::{TaskDispatcher, TaskReport};
+use crate::events::{self, Observer, Progress};
+use crate::functions::{self, Scope};
+use crate::graph::{Graph, Kind, Side, TaskId};
+use crate::journal::Entry;
+use crate::lifecycle::Phase;
+use crate::state::State;
+use crate::world::World;
+use crate::{CancelMode, Params};
+
+const BATCH: usize = 4096;
+const FLUSH_EVERY: Duration = Duration::from_millis(200);
+
+/// How a phase ended.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum PhaseOutcome {
+    Succeeded,
+    Failed(String),
+    Cancelled(CancelMode),
+}
+
+/// Everything a run of an execution shares across its phases.
+pub(crate) struct Executor<'a, D> {
+    pub store: &'a dyn StateStore,
+    pub dispatcher: &'a D,
+    pub reports: mpsc::UnboundedReceiver<TaskReport>,
+    pub observer: &'a mut dyn Observer,
+    pub cancel: watch::Receiver<Option<CancelMode>>,
+    pub world: World,
+    pub params: Params,
+    /// Context fields every event of this execution carries.
+    pub base: EventContext,
+    pub store_events: bool,
+    pub phases_total: u32,
+    journal: Vec<JournalEntry>,
+    events: Vec<Event>,
+    last_flush: Instant,
+    /// Completions of operations that really ran, not yet flushed.
+    unflushed_runs: bool,
+}
+
+/// The per-phase state of a run.
+struct PhaseState<'g> {
+    p: u32,
+    graph: &'g Graph,
+    phase: &'g Phase,
+    indegree: Vec<u32>,
+    done: Vec<bool>,
+    attempts: HashMap<u32, u32>,
+    ready: VecDeque<TaskId>,
+    in_flight: HashMap<String, (TaskId, u32)>,
+    retries: BinaryHeap<Reverse<(Instant, TaskId)>>,
+    remaining: usize,
+    failed: Option<String>,
+    stopping: Option<CancelMode>,
+    progress: Progress,
+}
+
+impl<'a, D: TaskDispatcher> Executor<'a, D> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: &'a dyn StateStore,
+        dispatcher: &'a D,
+        reports: mpsc::UnboundedReceiver<TaskReport>,
+        observer: &'a mut dyn Observer,
+        cancel: watch::Receiver<Option<CancelMode>>,
+        world: World,
+        params: Params,
+        base: EventContext,
+        store_events: bool,
+    ) -> Self {
+        Executor {
+            store,
+            dispatcher,
+            reports,
+            observer,
+            cancel,
+            world,
+            params,
+            base,
+            store_events,
+            phases_total: 1,
+            journal: Vec::new(),
+            events: Vec::new(),
+            last_flush: Instant::now(),
+            unflushed_runs: false,
+        }
+    }
+
+    pub fn journal(&mut self, entry: &Entry) {
+        self.journal.push(entry.to_raw());
+    }
+
+    pub fn emit(&mut self, event: Event) {
+        self.observer.event(&event);
+        if self.store_events {
+            self.events.push(event);
+        }
+    }
+
+    /// Writes changed instances, then the journal, then events: an entry is never durable
+    /// before the instance changes it stands for.
+    pub fn flush(&mut self) -> Result<(), String> {
+        let dirty = self.world.take_dirty();
+        if !dirty.is_empty() {
+            self.store
+                .put_node_instances(&self.base.deployment_id, &dirty)
+                .map_err(|e| e.to_string())?;
+        }
+        if !self.journal.is_empty() {
+            self.store
+                .append_journal(&self.base.execution_id, &self.journal)
+                .map_err(|e| e.to_string())?;
+            self.journal.clear();
+        }
+        if !self.events.is_empty() {
+            self.store
+                .append_events(&self.base.execution_id, &self.events)
+                .map_err(|e| e.to_string())?;
+            self.events.clear();
+        }
+        self.last_flush = Instant::now();
+        self.unflushed_runs = false;
+        Ok(())
+    }
+
+    /// Runs a phase's graph to its end. `done` and `attempts` come from the journal on resume.
+    pub async fn run_phase(
+        &mut self,
+        p: u32,
+        phase: &Phase,
+        graph: &Graph,
+        done: Vec<bool>,
+        attempts: HashMap<u32, u32>,
+    ) -> Result<PhaseOutcome, String> {
+        let mut st = PhaseState::new(
+            p,
+            phase,
+            graph,
+            done,
+            attempts,
+            &self.world,
+            self.phases_total,
+        );
+        loop {
+            let batch = self.fill(&mut st);
+            if !batch.is_empty() {
+                if self.unflushed_runs {
+                    self.flush()?;
+                }
+                if let Err(e) = self.dispatcher.send(batch).await {
+                    st.failed.get_or_insert(e.to_string());
+                    st.in_flight.clear();
+                }
+            }
+            if self.journal.len() >= BATCH || self.last_flush.elapsed() >= FLUSH_EVERY {
+                self.flush()?;
+                self.observer.progress(&st.progress);
+            }
+            if st.remaining == 0 {
+                return self.finish(&st, PhaseOutcome::Succeeded);
+            }
+            if st.in_flight.is_empty() {
+                if let Some(e) = st.failed.clone() {
+                    return self.finish(&st, PhaseOutcome::Failed(e));
+                }
+                if let Some(mode) = st.stopping {
+                    return self.finish(&st, PhaseOutcome::Cancelled(mode));
+                }
+                if st.ready.is_empty() && st.retries.is_empty() {
+                    let e = "the task graph cannot go on (a dependency cycle)".to_owned();
+                    return self.finish(&st, PhaseOutcome::Failed(e));
+                }
+            }
+            let next_retry = st.retries.peek().map(|Reverse((at, _))| *at);
+            tokio::select! {
+                report = self.reports.recv() => {
+                    let Some(report) = report else {
+                        return Err("the dispatcher stopped reporting".into());
+                    };
+                    self.on_report(&mut st, report);
+                    while let Ok(report) = self.reports.try_recv() {
+                        self.on_report(&mut st, report);
+                    }
+                }
+                _ = sleep_until(next_retry), if next_retry.is_some() && st.ready.is_empty() => {
+                    let now = Instant::now();
+                    while let Some(Reverse((at, t))) = st.retries.peek().copied() {
+                        if at > now {
+                            break;
+                        }
+                        st.retries.pop();
+                        st.ready.push_back(t);
+                    }
+                }
+                changed = self.cancel.changed() => {
+                    let mode = if changed.is_ok() { *self.cancel.borrow_and_update() } else { None };
+                    match mode {
+                        Some(CancelMode::Force) => {
+                            return self.finish(&st, PhaseOutcome::Cancelled(CancelMode::Force));
+                        }
+                        Some(CancelMode::Graceful) => st.stopping = Some(CancelMode::Graceful),
+                        // The handle was dropped: nobody can cancel any more.
+                        None => self.cancel = watch::channel(None).1,
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(
+        &mut self,
+        st: &PhaseState<'_>,
+        outcome: PhaseOutcome,
+    ) -> Result<PhaseOutcome, String> {
+        self.flush()?;
+        self.observer.progress(&st.progress);
+        Ok(outcome)
+    }
+
+    /// Takes ready tasks: runs local ones at once, turns operations into a batch to send.
+    fn fill(&mut self, st: &mut PhaseState<'_>) -> Vec<OperationTask> {
+        let mut batch = Vec::new();
+        if st.failed.is_some() || st.stopping.is_some() {
+            return batch;
+        }
+        // Retries that came due while operations kept the loop busy.
+        if let Some(Reverse((at, _))) = st.retries.peek()
+            && *at <= Instant::now()
+        {
+            let now = Instant::now();
+            while let Some(Reverse((at, t))) = st.retries.peek().copied() {
+                if at > now {
+                    break;
+                }
+                st.retries.pop();
+                st.ready.push_back(t);
+            }
+        }
+        while st.in_flight.len() < self.params.parallelism {
+            let Some(t) = st.ready.pop_front() else {
+                break;
+            };
+            let task = st.graph.tasks[t as usize];
+            match task.kind {
+                Kind::SetState(state) => {
+                    self.world.set_state(task.instance, state);
+                    if matches!(state, State::Started | State::Deleted | State::Stopped)
+                        || matches!(st.phase, Phase::Start { .. } if state == State::Started)
+                    {
+                        st.progress.instances_done += 1;
+                    }
+                    self.complete(st, t);
+                }
+                Kind::Barrier => self.complete(st, t),
+                Kind::Op { .. } | Kind::RelOp { .. } => {
+                    let attempt = st.attempts.get(&t).copied().unwrap_or(0);
+                    match self.operation_task(st, t, attempt) {
+                        Ok((op_task, event)) => {
+                            self.emit(event);
+                            st.in_flight.insert(op_task.task_id.clone(), (t, attempt));
+                            batch.push(op_task);
+                        }
+                        Err(e) => {
+                            let context = self.task_context(st, t, &format!("{}", st.p));
+                            self.emit(events::event("task_failed", context, e.clone()));
+                            st.progress.failures += 1;
+                            st.failed.get_or_insert(e);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        batch
+    }
+
+    fn complete(&mut self, st: &mut PhaseState<'_>, t: TaskId) {
+        st.done[t as usize] = true;
+        st.remaining -= 1;
+        st.progress.tasks_done += 1;
+        self.journal(&Entry::Done { p: st.p, t });
+        for &s in st.graph.successors(t) {
+            let d = &mut st.indegree[s as usize];
+            *d -= 1;
+            if *d == 0 {
+                st.ready.push_back(s);
+            }
+        }
+    }
+
+    fn on_report(&mut self, st: &mut PhaseState<'_>, report: TaskReport) {
+        match report {
+            TaskReport::Started { task_id } => {
+                if let Some(&(t, _)) = st.in_flight.get(&task_id) {
+                    let context = self.task_context(st, t, &task_id);
+                    let text = format!("Task started '{}'", self.implementation(st, t));
+                    self.emit(events::event("task_started", context, text));
+                }
+            }
+            TaskReport::Finished(result) => self.on_result(st, result),
+        }
+    }
+
+    fn on_result(&mut self, st: &mut PhaseState<'_>, result: TaskResult) {
+        // Unknown ids are late or repeated answers: the task was already settled.
+        let Some((t, attempt)) = st.in_flight.remove(&result.task_id) else {
+            return;
+        };
+        for (id, props) in result.runtime_properties {
+            if let Some(&i) = self.world.instance_index.get(&id) {
+                self.world.set_runtime_properties(i, props);
+            }
+        }
+        st.progress.operations_done += 1;
+        if !self.params.dry_run {
+            self.unflushed_runs = true;
+        }
+        let context = self.task_context(st, t, &result.task_id);
+        let name = self.implementation(st, t).to_owned();
+        match result.outcome {
+            TaskOutcome::Succeeded { .. } => {
+                self.emit(events::event(
+                    "task_succeeded",
+                    context,
+                    format!("Task succeeded '{name}'"),
+                ));
+                self.complete(st, t);
+            }
+            TaskOutcome::Failed {
+                error,
+                recoverable,
+                retry_after_s,
+            } => {
+                let (max_retries, interval) = self.retry_policy(st, t);
+                let may_retry = recoverable
+                    && (max_retries < 0 || i64::from(attempt) < max_retries)
+                    && st.failed.is_none()
+                    && st.stopping.is_none();
+                if may_retry {
+                    let wait = retry_after_s.unwrap_or(interval).max(0.0);
+                    let next = attempt + 1;
+                    st.attempts.insert(t, next);
+                    self.journal(&Entry::Retry {
+                        p: st.p,
+                        t,
+                        a: next,
+                    });
+                    self.emit(events::event(
+                        "task_rescheduled",
+                        context,
+                        format!(
+                            "Task rescheduled '{name}' -> {error} [retry {next}/{max_retries}]"
+                        ),
+                    ));
+                    let at = Instant::now() + Duration::from_secs_f64(wait.min(86_400.0));
+                    st.retries.push(Reverse((at, t)));
+                    return;
+                }
+                st.progress.failures += 1;
+                self.journal(&Entry::Failed {
+                    p: st.p,
+                    t,
+                    a: attempt,
+                });
+                if st.phase.ignores_failure() {
+                    self.emit(events::event(
+                        "task_failed",
+                        context,
+                        format!("Task failed '{name}' -> {error} (ignored)"),
+                    ));
+                    self.complete(st, t);
+                } else {
+                    self.emit(events::event(
+                        "task_failed",
+                        context,
+                        format!("Task failed '{name}' -> {error}"),
+                    ));
+                    let instance =
+                        &self.world.instances[st.graph.tasks[t as usize].instance as usize].id;
+                    let op = self.operation_name(st, t);
+                    st.failed
+                        .get_or_insert(format!("{op} on {instance} failed: {error}"));
+                }
+            }
+        }
+    }
+
+    /// Maximum retries (-1: unlimited) and seconds between them, for a task's operation.
+    fn retry_policy(&self, st: &PhaseState<'_>, t: TaskId) -> (i64, f64) {
+        let op = self.operation(st, t);
+        let max = op
+            .and_then(|o| o.max_retries.as_ref())
+            .and_then(Value::as_i64)
+            .unwrap_or(self.params.task_retries);
+        let interval = op
+            .and_then(|o| o.retry_interval.as_ref())
+            .and_then(Value::as_f64)
+            .unwrap_or(self.params.task_retry_interval);
+        (max, interval)
+    }
+
+    fn operation_name<'g>(&self, st: &PhaseState<'g>, t: TaskId) -> &'g str {
+        match st.graph.tasks[t as usize].kind {
+            Kind::Op { op } | Kind::RelOp { op, .. } => st.graph.op_name(op),
+            _ => "",
+        }
+    }
+
+    /// The plan's operation a task runs.
+    fn operation(&self, st: &PhaseState<'_>, t: TaskId) -> Option<&drover_model::Operation> {
+        let task = st.graph.tasks[t as usize];
+        let name = self.operation_name(st, t);
+        match task.kind {
+            Kind::Op { .. } => self.world.node(task.instance).operations.get(name),
+            Kind::RelOp { rel, side, .. } => {
+                let pr = self.world.plan_rel(task.instance, rel);
+                match side {
+                    Side::Source => pr.source_operations.get(name),
+                    Side::Target => pr.target_operations.get(name),
+                }
+            }
+            _ => None,
+        }
+    }
+
+    fn implementation(&self, st: &PhaseState<'_>, t: TaskId) -> &str {
+        self.operation(st, t)
+            .map(|o| o.operation.as_str())
+            .unwrap_or_default()
+    }
+
+    /// The (source, target) instances of a relationship task.
+    fn sides(&self, st: &PhaseState<'_>, t: TaskId) -> Option<(u32, u32)> {
+        let task = st.graph.tasks[t as usize];
+        match task.kind {
+            Kind::RelOp { rel, .. } => Some((
+                task.instance,
+                self.world.rels[task.instance as usize][rel as usize].target,
+            )),
+            _ => None,
+        }
+    }
+
+    fn task_context(&self, st: &PhaseState<'_>, t: TaskId, task_id: &str) -> EventContext {
+        let task = st.graph.tasks[t as usize];
+        let ni = &self.world.instances[task.instance as usize];
+        let mut c = self.base.clone();
+        c.task_id = Some(task_id.to_owned());
+        c.operation = Some(self.operation_name(st, t).to_owned());
+        c.plugin = self.operation(st, t).map(|o| o.plugin.clone());
+        c.task_current_retries = Some(st.attempts.get(&t).copied().unwrap_or(0));
+        c.task_total_retries = Some(self.retry_policy(st, t).0);
+        c.node_id = Some(ni.id.clone());
+        c.node_name = Some(ni.node_id.clone());
+        if let Some((s, tg)) = self.sides(st, t) {
+            let (s, tg) = (
+                &self.world.instances[s as usize],
+                &self.world.instances[tg as usize],
+            );
+            c.source_id = Some(s.id.clone());
+            c.source_name = Some(s.node_id.clone());
+            c.target_id = Some(tg.id.clone());
+            c.target_name = Some(tg.node_id.clone());
+        }
+        c
+    }
+
+    fn task_node(&self, instance: u32) -> TaskNode {
+        let ni = &self.world.instances[instance as usize];
+        let node = self.world.node(instance);
+        TaskNode {
+            node_instance_id: ni.id.clone(),
+            node_id: ni.node_id.clone(),
+            node_type: node.type_name.clone(),
+            properties: node.properties.clone(),
+            runtime_properties: ni.runtime_properties.clone(),
+        }
+    }
+
+    /// The message for an operation task, and its `task_sent` event.
+    fn operation_task(
+        &self,
+        st: &PhaseState<'_>,
+        t: TaskId,
+        attempt: u32,
+    ) -> Result<(OperationTask, Event), String> {
+        let task = st.graph.tasks[t as usize];
+        let name = self.operation_name(st, t);
+        let op = self
+            .operation(st, t)
+            .ok_or_else(|| format!("operation {name} vanished from the plan"))?;
+        let sides = self.sides(st, t);
+        let scope = match sides {
+            Some((s, tg)) => Scope {
+                this: Some(match task.kind {
+                    Kind::RelOp {
+                        side: Side::Target, ..
+                    } => tg,
+                    _ => s,
+                }),
+                source: Some(s),
+                target: Some(tg),
+            },
+            None => Scope {
+                this: Some(task.instance),
+                ..Scope::default()
+            },
+        };
+        let mut inputs = if op.has_intrinsic_functions {
+            functions::evaluate_map(&op.inputs, &self.world, scope)?
+        } else {
+            op.inputs.clone()
+        };
+        if let Phase::Operation {
+            kwargs,
+            allow_kwargs_override,
+            ..
+        } = st.phase
+        {
+            for (k, v) in kwargs {
+                if inputs.contains_key(k) && !allow_kwargs_override {
+                    return Err(format!(
+                        "operation input {k} is set by the plan; pass allow_kwargs_override to override it"
+                    ));
+                }
+                inputs.insert(k.clone(), v.clone());
+            }
+        }
+        let task_id = format!("{}-{}-{}-{}", self.base.execution_id, st.p, t, attempt);
+        let relationship = match (task.kind, sides) {
+            (Kind::RelOp { rel, side, .. }, Some((s, tg))) => Some(TaskRelationship {
+                type_name: self.world.plan_rel(task.instance, rel).type_name.clone(),
+                side: match side {
+                    Side::Source => "source",
+                    Side::Target => "target",
+                }
+                .to_owned(),
+                source: self.task_node(s),
+                target: self.task_node(tg),
+            }),
+            _ => None,
+        };
+        let op_task = OperationTask {
+            task_id: task_id.clone(),
+            execution_id: self.base.execution_id.clone(),
+            workflow_id: self.base.workflow_id.clone(),
+            deployment_id: self.base.deployment_id.clone(),
+            operation: name.to_owned(),
+            plugin: op.plugin.clone(),
+            implementation: op.operation.clone(),
+            executor: op.executor.clone(),
+            inputs,
+            dry_run: self.params.dry_run,
+            attempt,
+            timeout_s: op.timeout.as_ref().and_then(Value::as_f64),
+            blueprint_dir: self.params.blueprint_dir.clone(),
+            node: self.task_node(task.instance),
+            relationship,
+        };
+        let context = self.task_context(st, t, &task_id);
+        let event = events::event(
+            "task_sent",
+            context,
+            format!("Sending task '{}'", op.operation),
+        );
+        Ok((op_task, event))
+    }
+}
+
+impl<'g> PhaseState<'g> {
+    fn new(
+        p: u32,
+        phase: &'g Phase,
+        graph: &'g Graph,
+        done: Vec<bool>,
+        attempts: HashMap<u32, u32>,
+        world: &World,
+        phases: u32,
+    ) -> Self {
+        let mut indegree = graph.indegree.clone();
+        let mut remaining = graph.len();
+        for t in 0..graph.len() as u32 {
+            if done[t as usize] {
+                remaining -= 1;
+                for &s in graph.successors(t) {
+                    indegree[s as usize] -= 1;
+                }
+            }
+        }
+        let ready = (0..graph.len() as u32)
+            .filter(|&t| !done[t as usize] && indegree[t as usize] == 0)
+            .collect();
+        let instances_total = match phase.selection() {
+            crate::lifecycle::Selection::All => world.instances.len(),
+            crate::lifecycle::Selection::Ids(ids) => ids.len(),
+        } as u64;
+        PhaseState {
+            p,
+            graph,
+            phase,
+            indegree,
+            done,
+            attempts,
+            ready,
+            in_flight: HashMap::new(),
+            retries: BinaryHeap::new(),
+            remaining,
+            failed: None,
+            stopping: None,
+            progress: Progress {
+                phase: p,
+                phases,
+                tasks_done: (graph.len() - remaining) as u64,
+                tasks_total: graph.len() as u64,
+                instances_total,
+                ..Progress::default()
+            },
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,163 @@
+//! Runtime intrinsic functions, evaluated when a task is sent and when outputs are read:
+//! `get_attribute` (runtime properties first, then node properties; `SELF`, `SOURCE`, `TARGET`
+//! or a node name, resolved to one instance through relationships or the host when the node has
+//! several) and `concat` over their results. Plan-time functions were evaluated by the parser.
+
+use drover_model::Map;
+use serde_json::Value;
+
+use crate::world::World;
+
+/// Who `SELF`, `SOURCE` and `TARGET` are for the function being evaluated.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Scope {
+    pub this: Option<u32>,
+    pub source: Option<u32>,
+    pub target: Option<u32>,
+}
+
+/// Evaluates the runtime functions in a value.
+pub(crate) fn evaluate(value: &Value, w: &World, scope: Scope) -> Result<Value, String> {
+    match value {
+        Value::Object(map) if map.len() == 1 => {
+            let (name, args) = map.iter().next().expect("one entry");
+            match name.as_str() {
+                "get_attribute" => get_attribute(args, w, scope),
+                "concat" => concat(args, w, scope),
+                _ => evaluate_map(map, w, scope).map(Value::Object),
+            }
+        }
+        Value::Object(map) => evaluate_map(map, w, scope).map(Value::Object),
+        Value::Array(items) => items
+            .iter()
+            .map(|v| evaluate(v, w, scope))
+            .collect::<Result<_, _>>()
+            .map(Value::Array),
+        other => Ok(other.clone()),
+    }
+}
+
+pub(crate) fn evaluate_map(map: &Map, w: &World, scope: Scope) -> Result<Map, String> {
+    map.iter()
+        .map(|(k, v)| Ok((k.clone(), evaluate(v, w, scope)?)))
+        .collect()
+}
+
+fn concat(args: &Value, w: &World, scope: Scope) -> Result<Value, String> {
+    let Value::Array(parts) = args else {
+        return Err("concat takes a list".into());
+    };
+    let mut out = String::new();
+    for part in parts {
+        match evaluate(part, w, scope)? {
+            Value::String(s) => out.push_str(&s),
+            Value::Null => {}
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    Ok(Value::String(out))
+}
+
+fn get_attribute(args: &Value, w: &World, scope: Scope) -> Result<Value, String> {
+    let Some([entity, attribute, path @ ..]) = args.as_array().map(Vec::as_slice) else {
+        return Err(format!(
+            "get_attribute takes [entity, attribute, …], got {args}"
+        ));
+    };
+    let (Some(entity), Some(attribute)) = (entity.as_str(), attribute.as_str()) else {
+        return Err(format!(
+            "get_attribute: entity and attribute must be strings: {args}"
+        ));
+    };
+    let instance = resolve(entity, w, scope)?;
+    let ni = &w.instances[instance as usize];
+    let mut value = match ni.runtime_properties.get(attribute) {
+        Some(v) => v.clone(),
+        None => match w.node(instance).properties.get(attribute) {
+            Some(v) => v.clone(),
+            None if attribute == "node_instance_id" => Value::String(ni.id.clone()),
+            None if attribute == "node_id" => Value::String(ni.node_id.clone()),
+            None => Value::Null,
+        },
+    };
+    for step in path {
+        value = match (value, step) {
+            (Value::Object(mut m), Value::String(k)) => m.remove(k).unwrap_or(Value::Null),
+            (Value::Array(mut a), Value::Number(n)) => match n.as_u64() {
+                Some(i) if (i as usize) < a.len() => a.swap_remove(i as usize),
+                _ => Value::Null,
+            },
+            _ => Value::Null,
+        };
+    }
+    Ok(value)
+}
+
+/// The instance an entity name stands for.
+fn resolve(entity: &str, w: &World, scope: Scope) -> Result<u32, String> {
+    let pick = |who: Option<u32>, name: &str| {
+        who.ok_or_else(|| {
+            format!("get_attribute: {name} is only known in a relationship operation")
+        })
+    };
+    match entity {
+        "SELF" => scope
+            .this
+            .ok_or_else(|| "get_attribute: SELF is not known in outputs".to_owned()),
+        "SOURCE" => pick(scope.source, "SOURCE"),
+        "TARGET" => pick(scope.target, "TARGET"),
+        node => {
+            let candidates = w.instances_of(node);
+            if candidates.is_empty() {
+                return Err(format!("get_attribute: node {node} has no instances"));
+            }
+            if candidates.len() == 1 {
+                return Ok(candidates[0]);
+            }
+            let Some(this) = scope.this else {
+                return Err(format!(
+                    "get_attribute: node {node} has {} instances; which one is ambiguous",
+                    candidates.len()
+                ));
+            };
+            let related: Vec<u32> = candidates
+                .into_iter()
+                .filter(|&c| related(w, this, c))
+                .collect();
+            match related.as_slice() {
+                [one] => Ok(*one),
+                _ => Err(format!(
+                    "get_attribute: node {node} has several instances and {} is related to {} of them",
+                    w.instances[this as usize].id,
+                    related.len()
+                )),
+            }
+        }
+    }
+}
+
+/// Whether two instances are tied by a relationship (either way), a host, or a scaling group
+/// instance.
+fn related(w: &World, a: u32, b: u32) -> bool {
+    let (ia, ib) = (&w.instances[a as usize], &w.instances[b as usize]);
+    w.rels[a as usize].iter().any(|r| r.target == b)
+        || w.rels[b as usize].iter().any(|r| r.target == a)
+        || (ia.host_id.is_some() && ia.host_id == ib.host_id)
+        || ia
+            .scaling_groups
+            .iter()
+            .any(|g| ib.scaling_groups.iter().any(|h| h.id == g.id))
+}
+
+/// The deployment's outputs, with runtime functions evaluated; an output that cannot be
+/// evaluated reads as its error message, so one bad output does not hide the others.
+pub(crate) fn outputs(w: &World) -> Map {
+    let mut out = Map::new();
+    for (name, spec) in &w.plan.outputs {
+        let value = spec.get("value").unwrap_or(&Value::Null);
+        let v = evaluate(value, w, Scope::default())
+            .unwrap_or_else(|e| Value::String(format!("error: {e}")));
+        out.insert(name.clone(), v);
+    }
+    out
+}

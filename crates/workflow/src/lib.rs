@@ -1,0 +1,490 @@
+//! drover's workflow engine: deployment plans in, Cloudify lifecycle task graphs run.
+//!
+//! The boundary is [`Engine`]: it creates deployments and executions in a
+//! [`StateStore`](drover_store::StateStore) and runs (or resumes) an execution, sending
+//! operation tasks through a [`TaskDispatcher`] and reporting [`Event`]s and [`Progress`] to an
+//! [`Observer`]. Inside:
+//! - `workflows` and `scale` turn a built-in workflow and its parameters into phases;
+//! - `lifecycle` turns a phase into a task graph with Cloudify's ordering rules;
+//! - `executor` runs a graph with in-degree counters and a bounded number of tasks in flight,
+//!   journaling task state changes in batches;
+//! - `journal` is what `resume` reads back: a resumed execution rebuilds the same graphs, skips
+//!   finished tasks and re-sends in-flight ones under their original ids.
+//!
+//! [`testing`] builds small plans by hand for tests.
+
+mod dispatch;
+mod events;
+mod executor;
+mod functions;
+mod graph;
+mod journal;
+mod lifecycle;
+mod scale;
+mod state;
+pub mod testing;
+mod workflows;
+mod world;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use drover_model::{
+    Deployment, Event, EventContext, Execution, ExecutionStatus, Map, NodeInstance, Plan,
+};
+use drover_store::StateStore;
+use serde_json::Value;
+use tokio::sync::watch;
+
+pub use dispatch::{
+    DispatchError, InProcessDispatcher, NoRunner, OperationRunner, TaskDispatcher, TaskReport,
+};
+pub use events::{NullObserver, Observer, Progress};
+pub use state::State;
+pub use workflows::BUILT_IN;
+
+use executor::{Executor, PhaseOutcome};
+use journal::{Entry, Replay, WorkflowPlan};
+use world::World;
+
+/// Why the engine could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] drover_store::StoreError),
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<String> for EngineError {
+    fn from(s: String) -> Self {
+        EngineError::Invalid(s)
+    }
+}
+
+/// How to cancel a running execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelMode {
+    /// Send nothing new, wait for the tasks in flight, then stop.
+    Graceful,
+    /// Stop now; tasks in flight are abandoned (a resume sends them again).
+    Force,
+}
+
+/// Cancels an execution that [`Engine::run`] runs.
+pub struct Canceller(watch::Sender<Option<CancelMode>>);
+
+impl Canceller {
+    /// A canceller and the receiver to pass to [`Engine::run`].
+    pub fn new() -> (Canceller, watch::Receiver<Option<CancelMode>>) {
+        let (tx, rx) = watch::channel(None);
+        (Canceller(tx), rx)
+    }
+
+    pub fn cancel(&self, mode: CancelMode) {
+        let _ = self.0.send(Some(mode));
+    }
+}
+
+/// How to run an execution (not part of the execution: the same execution may be resumed with
+/// other options).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Operation tasks in flight at most.
+    pub parallelism: usize,
+    /// Whether events also go to the store (they always go to the observer).
+    pub store_events: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            parallelism: 100,
+            store_events: true,
+        }
+    }
+}
+
+/// Execution settings the executor reads, from the execution's parameters and the run options.
+#[derive(Debug, Clone)]
+pub(crate) struct Params {
+    pub dry_run: bool,
+    /// Retries of a failed operation, unless the operation sets `max_retries`; -1: unlimited.
+    pub task_retries: i64,
+    /// Seconds between retries, unless the operation sets `retry_interval`.
+    pub task_retry_interval: f64,
+    pub parallelism: usize,
+    pub blueprint_dir: Option<String>,
+}
+
+/// The workflow engine over a state store and a dispatcher.
+pub struct Engine<D> {
+    store: Arc<dyn StateStore>,
+    dispatcher: D,
+}
+
+impl<D: TaskDispatcher> Engine<D> {
+    pub fn new(store: Arc<dyn StateStore>, dispatcher: D) -> Self {
+        Engine { store, dispatcher }
+    }
+
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.store
+    }
+
+    /// Stores a deployment of a plan, with its node instances `uninitialized`.
+    pub fn create_deployment(
+        &self,
+        id: &str,
+        blueprint_id: &str,
+        plan: Plan,
+        inputs: Map,
+        blueprint_dir: Option<String>,
+    ) -> Result<Deployment, EngineError> {
+        let instances: Vec<NodeInstance> = plan
+            .node_instances
+            .iter()
+            .map(|pi| NodeInstance {
+                id: pi.id.clone(),
+                deployment_id: id.to_owned(),
+                node_id: pi.node_id.clone(),
+                host_id: pi.host_id.clone(),
+                state: State::Uninitialized.as_str().to_owned(),
+                runtime_properties: Map::new(),
+                relationships: pi.relationships.clone(),
+                scaling_groups: pi.scaling_groups.clone(),
+                version: 1,
+            })
+            .collect();
+        // Index it once now, so a plan the engine cannot run is refused before it is stored.
+        World::new(plan.clone(), instances.clone())?;
+        let deployment = Deployment {
+            id: id.to_owned(),
+            blueprint_id: blueprint_id.to_owned(),
+            plan,
+            inputs,
+            blueprint_dir,
+            created_at: events::now(),
+        };
+        self.store.delete_deployment(id)?;
+        self.store.put_deployment(&deployment)?;
+        self.store.put_node_instances(id, &instances)?;
+        Ok(deployment)
+    }
+
+    /// Stores a new, pending execution of a workflow. Fails when the deployment does not have
+    /// the workflow; parameter errors show when it runs.
+    pub fn create_execution(
+        &self,
+        deployment_id: &str,
+        workflow_id: &str,
+        parameters: Map,
+        dry_run: bool,
+    ) -> Result<Execution, EngineError> {
+        let deployment = self.deployment(deployment_id)?;
+        if let Some(spec) = deployment.plan.workflows.get(workflow_id) {
+            let short = spec.operation.rsplit('.').next().unwrap_or_default();
+            if !BUILT_IN.contains(&short) {
+                return Err(EngineError::Invalid(format!(
+                    "workflow {workflow_id} is implemented by {}, which drover does not run",
+                    spec.operation
+                )));
+            }
+        } else if !BUILT_IN.contains(&workflow_id) {
+            return Err(EngineError::Invalid(format!(
+                "the deployment has no workflow {workflow_id}"
+            )));
+        }
+        let execution = Execution {
+            id: new_id(),
+            deployment_id: deployment_id.to_owned(),
+            workflow_id: workflow_id.to_owned(),
+            parameters,
+            status: ExecutionStatus::Pending,
+            error: String::new(),
+            created_at: events::now(),
+            ended_at: None,
+            is_dry_run: dry_run,
+        };
+        self.store.put_execution(&execution)?;
+        Ok(execution)
+    }
+
+    fn deployment(&self, id: &str) -> Result<Deployment, EngineError> {
+        self.store
+            .deployment(id)?
+            .ok_or_else(|| EngineError::Invalid(format!("no deployment {id}")))
+    }
+
+    /// The deployment's outputs, with `get_attribute` evaluated against its instances now.
+    pub fn outputs(&self, deployment_id: &str) -> Result<Map, EngineError> {
+        let deployment = self.deployment(deployment_id)?;
+        let world = World::new(deployment.plan, self.store.node_instances(deployment_id)?)?;
+        Ok(functions::outputs(&world))
+    }
+
+    /// Runs an execution to its end, or resumes it: what its journal says finished is not run
+    /// again. Returns the execution as it ended (terminated, failed or cancelled).
+    pub async fn run(
+        &self,
+        execution_id: &str,
+        options: &RunOptions,
+        observer: &mut dyn Observer,
+        cancel: watch::Receiver<Option<CancelMode>>,
+    ) -> Result<Execution, EngineError> {
+        let mut execution = self
+            .store
+            .execution(execution_id)?
+            .ok_or_else(|| EngineError::Invalid(format!("no execution {execution_id}")))?;
+        if execution.status == ExecutionStatus::Terminated {
+            return Err(EngineError::Invalid(format!(
+                "execution {execution_id} already terminated"
+            )));
+        }
+        let mut deployment = self.deployment(&execution.deployment_id)?;
+        let replay = Replay::read(&self.store.journal(execution_id)?)?;
+        let resuming = replay.plan.is_some();
+        let world = World::new(
+            deployment.plan.clone(),
+            self.store.node_instances(&deployment.id)?,
+        )?;
+        let (builtin, params) =
+            workflows::resolve(&world, &execution.workflow_id, &execution.parameters)?;
+        let base = EventContext {
+            deployment_id: deployment.id.clone(),
+            execution_id: execution.id.clone(),
+            workflow_id: execution.workflow_id.clone(),
+            ..EventContext::default()
+        };
+        let run_params = Params {
+            dry_run: execution.is_dry_run,
+            task_retries: int_param(&params, "task_retries", 0)?,
+            task_retry_interval: float_param(&params, "task_retry_interval", 1.0)?,
+            parallelism: options.parallelism.max(1),
+            blueprint_dir: deployment.blueprint_dir.clone(),
+        };
+        let planned = match replay.plan.clone() {
+            Some(plan) => Ok(plan),
+            None => workflows::plan(&world, &builtin, &params),
+        };
+        let reports = self.dispatcher.subscribe(execution_id).await?;
+        let mut ex = Executor::new(
+            self.store.as_ref(),
+            &self.dispatcher,
+            reports,
+            observer,
+            cancel,
+            world,
+            run_params,
+            base.clone(),
+            options.store_events,
+        );
+        execution.status = ExecutionStatus::Started;
+        execution.error.clear();
+        execution.ended_at = None;
+        self.store.put_execution(&execution)?;
+        let verb = if resuming { "Resuming" } else { "Starting" };
+        ex.emit(events::event(
+            "workflow_started",
+            base.clone(),
+            format!("{verb} '{}' workflow execution", execution.workflow_id),
+        ));
+        let outcome = match planned {
+            Ok(plan) => {
+                if !resuming {
+                    ex.journal(&Entry::Planned { plan: plan.clone() });
+                    ex.flush()?;
+                }
+                self.run_plan(&mut ex, &mut deployment, &plan, &replay)
+                    .await?
+            }
+            Err(e) => PhaseOutcome::Failed(e),
+        };
+        let (status, event_type, text) = match &outcome {
+            PhaseOutcome::Succeeded => (
+                ExecutionStatus::Terminated,
+                "workflow_succeeded",
+                format!("'{}' workflow execution succeeded", execution.workflow_id),
+            ),
+            PhaseOutcome::Failed(e) => (
+                ExecutionStatus::Failed,
+                "workflow_failed",
+                format!("'{}' workflow execution failed: {e}", execution.workflow_id),
+            ),
+            PhaseOutcome::Cancelled(_) => (
+                ExecutionStatus::Cancelled,
+                "workflow_cancelled",
+                format!("'{}' workflow execution cancelled", execution.workflow_id),
+            ),
+        };
+        ex.emit(events::event(event_type, base, text));
+        ex.flush()?;
+        execution.status = status;
+        if let PhaseOutcome::Failed(e) = outcome {
+            execution.error = e;
+        }
+        execution.ended_at = Some(events::now());
+        self.store.put_execution(&execution)?;
+        Ok(execution)
+    }
+
+    /// Applies a workflow plan's instance changes and runs its phases (and rollback).
+    async fn run_plan(
+        &self,
+        ex: &mut Executor<'_, D>,
+        deployment: &mut Deployment,
+        plan: &WorkflowPlan,
+        replay: &Replay,
+    ) -> Result<PhaseOutcome, EngineError> {
+        if !plan.added.is_empty() {
+            let existing = &ex.world.instance_index;
+            let missing: Vec<NodeInstance> = plan
+                .added
+                .iter()
+                .filter(|i| !existing.contains_key(&i.id))
+                .cloned()
+                .collect();
+            self.store.put_node_instances(&deployment.id, &missing)?;
+            self.reindex(ex, deployment)?;
+        }
+        ex.phases_total = plan.phases.len() as u32;
+        let mut outcome = PhaseOutcome::Succeeded;
+        for (p, phase) in plan.phases.iter().enumerate() {
+            outcome = self.run_phase(ex, p as u32, phase, replay).await?;
+            if outcome != PhaseOutcome::Succeeded {
+                break;
+            }
+        }
+        match &outcome {
+            PhaseOutcome::Succeeded if !plan.removed.is_empty() => {
+                self.store
+                    .delete_node_instances(&deployment.id, &plan.removed)?;
+                self.reindex(ex, deployment)?;
+            }
+            PhaseOutcome::Failed(_) if !plan.rollback.is_empty() => {
+                let first = plan.phases.len() as u32;
+                for (k, phase) in plan.rollback.iter().enumerate() {
+                    self.run_phase(ex, first + k as u32, phase, replay).await?;
+                }
+                let added: Vec<String> = plan.added.iter().map(|i| i.id.clone()).collect();
+                self.store.delete_node_instances(&deployment.id, &added)?;
+                self.reindex(ex, deployment)?;
+            }
+            _ => {}
+        }
+        Ok(outcome)
+    }
+
+    /// Re-reads the instances after the workflow added or removed some, and recounts the plan.
+    fn reindex(
+        &self,
+        ex: &mut Executor<'_, D>,
+        deployment: &mut Deployment,
+    ) -> Result<(), EngineError> {
+        ex.flush()?;
+        let instances = self.store.node_instances(&deployment.id)?;
+        scale::recount(&mut deployment.plan, &instances);
+        self.store.put_deployment(deployment)?;
+        ex.world = World::new(deployment.plan.clone(), instances)?;
+        Ok(())
+    }
+
+    async fn run_phase(
+        &self,
+        ex: &mut Executor<'_, D>,
+        p: u32,
+        phase: &lifecycle::Phase,
+        replay: &Replay,
+    ) -> Result<PhaseOutcome, EngineError> {
+        let record = replay.phases.get(&p);
+        if record.and_then(|r| r.ended) == Some(true) {
+            return Ok(PhaseOutcome::Succeeded);
+        }
+        let states: Vec<State> = match record.and_then(|r| r.states.as_ref()) {
+            Some(recorded) => ex
+                .world
+                .instances
+                .iter()
+                .map(|i| State::parse(recorded.get(&i.id).map_or(i.state.as_str(), String::as_str)))
+                .collect(),
+            None => {
+                let states: HashMap<String, String> = ex
+                    .world
+                    .instances
+                    .iter()
+                    .map(|i| (i.id.clone(), i.state.clone()))
+                    .collect();
+                ex.journal(&Entry::Phase { p, states });
+                ex.world.states.clone()
+            }
+        };
+        let graph = lifecycle::build(phase, &ex.world, &states)?;
+        let mut done = vec![false; graph.len()];
+        let mut attempts = HashMap::new();
+        if let Some(record) = record {
+            for &t in &record.done {
+                if let Some(d) = done.get_mut(t as usize) {
+                    *d = true;
+                }
+            }
+            attempts = record.attempts.clone();
+        }
+        let outcome = ex.run_phase(p, phase, &graph, done, attempts).await?;
+        if !matches!(outcome, PhaseOutcome::Cancelled(_)) {
+            ex.journal(&Entry::PhaseEnd {
+                p,
+                ok: outcome == PhaseOutcome::Succeeded,
+            });
+            ex.flush()?;
+        }
+        Ok(outcome)
+    }
+}
+
+/// The events of an execution so far, from the store.
+pub fn events(store: &dyn StateStore, execution_id: &str) -> Result<Vec<Event>, EngineError> {
+    Ok(store.events(execution_id)?)
+}
+
+fn new_id() -> String {
+    let mut s = String::with_capacity(36);
+    for (i, n) in [8, 4, 4, 4, 12].into_iter().enumerate() {
+        if i > 0 {
+            s.push('-');
+        }
+        for _ in 0..n {
+            s.push(fastrand::choice(b"0123456789abcdef").map_or('0', |&c| c as char));
+        }
+    }
+    s
+}
+
+fn int_param(params: &Map, name: &str, default: i64) -> Result<i64, String> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| format!("parameter {name} must be an integer")),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("parameter {name} must be an integer, not {s:?}")),
+        Some(other) => Err(format!("parameter {name} must be an integer, not {other}")),
+    }
+}
+
+fn float_param(params: &Map, name: &str, default: f64) -> Result<f64, String> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .ok_or_else(|| format!("parameter {name} must be a number")),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("parameter {name} must be a number, not {s:?}")),
+        Some(other) => Err(format!("parameter {name} must be a number, not {other}")),
+    }
+}

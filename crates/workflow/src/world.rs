@@ -1,0 +1,150 @@
+//! The deployment as the engine sees it while it runs: the plan's nodes and the node instances,
+//! indexed by position so that graphs refer to instances and relationships by number.
+
+use std::collections::HashMap;
+
+use drover_model::{NodeInstance, Plan, PlanNode, PlanRelationship};
+
+use crate::state::State;
+
+/// One relationship of an instance, resolved: the target instance and the plan relationship.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rel {
+    pub target: u32,
+    /// Index into the source node's `relationships`.
+    pub plan_rel: u32,
+}
+
+/// Nodes and instances of one deployment, with lookups by id.
+pub(crate) struct World {
+    pub plan: Plan,
+    pub instances: Vec<NodeInstance>,
+    pub states: Vec<State>,
+    /// For each instance, the index of its node in `plan.nodes`.
+    pub node_of: Vec<u32>,
+    pub rels: Vec<Vec<Rel>>,
+    pub instance_index: HashMap<String, u32>,
+    pub node_index: HashMap<String, u32>,
+    /// Instances changed since the last flush to the store.
+    dirty: Vec<bool>,
+    dirty_list: Vec<u32>,
+}
+
+impl World {
+    /// Indexes a plan and its instances. Relationships whose target instance or plan
+    /// relationship cannot be found are an error naming them.
+    pub fn new(plan: Plan, instances: Vec<NodeInstance>) -> Result<World, String> {
+        let node_index: HashMap<String, u32> = plan
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id.clone(), i as u32))
+            .collect();
+        let instance_index: HashMap<String, u32> = instances
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id.clone(), i as u32))
+            .collect();
+        let mut node_of = Vec::with_capacity(instances.len());
+        let mut rels = Vec::with_capacity(instances.len());
+        for instance in &instances {
+            let node = *node_index.get(&instance.node_id).ok_or_else(|| {
+                format!(
+                    "node instance {} is of node {}, which the plan does not have",
+                    instance.id, instance.node_id
+                )
+            })?;
+            node_of.push(node);
+            let plan_node = &plan.nodes[node as usize];
+            let mut resolved = Vec::with_capacity(instance.relationships.len());
+            for r in &instance.relationships {
+                let target = *instance_index.get(&r.target_id).ok_or_else(|| {
+                    format!(
+                        "node instance {} has a relationship to {}, which does not exist",
+                        instance.id, r.target_id
+                    )
+                })?;
+                let plan_rel = plan_node
+                    .relationships
+                    .iter()
+                    .position(|p| p.target_id == r.target_name && p.type_name == r.type_name)
+                    .ok_or_else(|| {
+                        format!(
+                            "node {} has no {} relationship to {}",
+                            plan_node.id, r.type_name, r.target_name
+                        )
+                    })?;
+                resolved.push(Rel {
+                    target,
+                    plan_rel: plan_rel as u32,
+                });
+            }
+            rels.push(resolved);
+        }
+        let states = instances.iter().map(|i| State::parse(&i.state)).collect();
+        let n = instances.len();
+        Ok(World {
+            plan,
+            instances,
+            states,
+            node_of,
+            rels,
+            instance_index,
+            node_index,
+            dirty: vec![false; n],
+            dirty_list: Vec::new(),
+        })
+    }
+
+    pub fn node(&self, instance: u32) -> &PlanNode {
+        &self.plan.nodes[self.node_of[instance as usize] as usize]
+    }
+
+    pub fn plan_rel(&self, instance: u32, rel: u32) -> &PlanRelationship {
+        let r = self.rels[instance as usize][rel as usize];
+        &self.node(instance).relationships[r.plan_rel as usize]
+    }
+
+    pub fn set_state(&mut self, instance: u32, state: State) {
+        self.states[instance as usize] = state;
+        let ni = &mut self.instances[instance as usize];
+        ni.state = state.as_str().to_owned();
+        ni.version += 1;
+        self.mark_dirty(instance);
+    }
+
+    pub fn set_runtime_properties(&mut self, instance: u32, props: drover_model::Map) {
+        let ni = &mut self.instances[instance as usize];
+        ni.runtime_properties = props;
+        ni.version += 1;
+        self.mark_dirty(instance);
+    }
+
+    fn mark_dirty(&mut self, instance: u32) {
+        if !self.dirty[instance as usize] {
+            self.dirty[instance as usize] = true;
+            self.dirty_list.push(instance);
+        }
+    }
+
+    /// The instances changed since the last call, cloned for the store.
+    pub fn take_dirty(&mut self) -> Vec<NodeInstance> {
+        let list = std::mem::take(&mut self.dirty_list);
+        list.into_iter()
+            .map(|i| {
+                self.dirty[i as usize] = false;
+                self.instances[i as usize].clone()
+            })
+            .collect()
+    }
+
+    /// Instances of a node, in order.
+    pub fn instances_of(&self, node_id: &str) -> Vec<u32> {
+        match self.node_index.get(node_id) {
+            Some(&n) => (0..self.instances.len() as u32)
+                .filter(|&i| self.node_of[i as usize] == n)
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+}
