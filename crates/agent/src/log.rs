@@ -5,6 +5,7 @@
 //! is complete, so a long-running script's output is visible while it runs.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +56,8 @@ pub struct LogRecord {
     pub level: LogLevel,
     pub stream: LogStream,
     pub message: String,
+    /// When the line was read (shipping may be later).
+    pub timestamp: SystemTime,
 }
 
 /// Receives log records; called from the runner's tasks, so it must not block for long

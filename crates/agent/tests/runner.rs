@@ -425,3 +425,35 @@ ctx instance runtime-properties still works
     assert_eq!(errors.lines().count(), 6, "{errors}");
     assert!(errors.contains("node properties are read-only"), "{errors}");
 }
+
+#[tokio::test]
+async fn a_cancelled_run_kills_its_processes_and_may_run_again() {
+    let f = Fixture::new();
+    let marker = f.path("child-survived");
+    let runs = f.path("runs");
+    f.script(
+        "slow.sh",
+        &format!("echo run >> '{runs}'\n(sleep 1; touch '{marker}') &\nsleep 30\n"),
+    );
+    let task = f.task("t1", "slow.sh", json!({}));
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(500), f.runner.run(task.clone())).await;
+    assert!(cancelled.is_err());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !Path::new(&marker).exists(),
+        "the script's group outlived the cancelled run"
+    );
+    // The first run never finished, so a re-send runs it again.
+    let again = tokio::time::timeout(Duration::from_millis(500), f.runner.run(task)).await;
+    assert!(again.is_err());
+    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\nrun\n");
+}
+
+#[test]
+fn the_run_future_is_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let f = Fixture::new();
+    let future = f.runner.run(OperationTask::default());
+    assert_send(&future);
+}

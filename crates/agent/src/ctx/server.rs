@@ -105,3 +105,46 @@ fn error(message: &str) -> CtxResponse {
         message: message.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_model::OperationTask;
+    use serde_json::json;
+
+    async fn exchange(path: &Path, body: &[u8]) -> serde_json::Value {
+        let mut stream = UnixStream::connect(path).await.unwrap();
+        stream.write_all(body).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).await.unwrap();
+        serde_json::from_slice(&reply).unwrap()
+    }
+
+    #[tokio::test]
+    async fn malformed_requests_get_error_replies_and_the_server_keeps_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("ctx.sock");
+        let mut task = OperationTask::default();
+        task.node.node_instance_id = "vm_1".into();
+        let state = CtxState::new(&task, dir.path().join("dl"), crate::log::discard_logs());
+        let server = CtxServer::start(&socket, state).unwrap();
+        assert_eq!(server.url(), format!("unix://{}", socket.display()));
+
+        for garbage in [
+            &b"not json"[..],
+            b"",
+            b"{\"args\": 5}",
+            b"{\"args\": [1, {}]}",
+            b"\xff\xfe",
+        ] {
+            let reply = exchange(&socket, garbage).await;
+            assert_eq!(reply["type"], "error", "{reply}");
+        }
+        let reply = exchange(&socket, br#"{"args": ["instance", "id"]}"#).await;
+        assert_eq!(reply, json!({"type": "result", "payload": "vm_1"}));
+        let outcome = server.finish();
+        assert!(outcome.runtime_properties.is_empty());
+        assert!(!socket.exists());
+    }
+}

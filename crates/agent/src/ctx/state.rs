@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use drover_model::{Map, OperationTask, TaskNode};
 use serde_json::{Value, json};
@@ -227,6 +228,7 @@ impl CtxState {
             level,
             stream: LogStream::Ctx,
             message,
+            timestamp: SystemTime::now(),
         });
         Ok(Reply::Value(Value::Null))
     }

@@ -13,7 +13,7 @@ mod spec;
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use drover_model::{OperationTask, TaskOutcome};
 use serde_json::Value;
@@ -110,6 +110,13 @@ async fn execute(
         .or_else(|| std::env::var("PATH").ok())
         .unwrap_or_default();
     command.env("PATH", format!("{}:{path}", bin_dir.display()));
+    // Python buffers stdout in blocks when it is a pipe; unbuffered, its lines reach the log
+    // sink as they are printed, as a shell script's do.
+    if std::env::var_os("PYTHONUNBUFFERED").is_none()
+        && !spec.env.iter().any(|(k, _)| k == "PYTHONUNBUFFERED")
+    {
+        command.env("PYTHONUNBUFFERED", "1");
+    }
 
     let mut child = match command.spawn() {
         Ok(child) => child,
@@ -121,7 +128,9 @@ async fn execute(
             ));
         }
     };
-    let group = child.id().map(ProcessGroup);
+    // Killed on timeout, and when this future is dropped (a cancelled task) before the
+    // script exits; left alone once the script exited by itself.
+    let mut group = GroupGuard(child.id().map(ProcessGroup));
 
     let log = |stream: LogStream| {
         let sink = env.logs.clone();
@@ -135,6 +144,7 @@ async fn execute(
                 level: LogLevel::Info,
                 stream,
                 message,
+                timestamp: SystemTime::now(),
             })
         }
     };
@@ -160,9 +170,7 @@ async fn execute(
         Some(limit) => match tokio::time::timeout(limit, child.wait()).await {
             Ok(status) => status,
             Err(_) => {
-                if let Some(group) = &group {
-                    group.kill();
-                }
+                group.kill();
                 let _ = child.wait().await;
                 let _ = tokio::time::timeout(OUTPUT_GRACE, readers.join_all()).await;
                 log(LogStream::Runner)(format!("killed after the {limit:?} timeout"));
@@ -170,6 +178,7 @@ async fn execute(
             }
         },
     };
+    group.disarm();
     if tokio::time::timeout(OUTPUT_GRACE, async {
         while readers.join_next().await.is_some() {}
     })
@@ -225,6 +234,27 @@ fn failed(error: String, recoverable: bool, retry_after_s: Option<f64>) -> TaskO
         error,
         recoverable,
         retry_after_s,
+    }
+}
+
+/// Kills the script's process group when dropped, unless disarmed.
+struct GroupGuard(Option<ProcessGroup>);
+
+impl GroupGuard {
+    fn kill(&mut self) {
+        if let Some(group) = self.0.take() {
+            group.kill();
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
