@@ -13,7 +13,16 @@
 //! Every error carries the file, line, column and field path it is about ([`Error`]).
 
 pub mod error;
+mod functions;
+mod imports;
+mod inputs;
 pub mod instances;
+mod namespace;
+mod parse;
+mod plan;
+mod types;
+mod version;
+mod yaml;
 
 use std::path::{Path, PathBuf};
 
@@ -40,19 +49,49 @@ pub fn validate_file(path: &Path, options: &Options) -> Result<(), Error> {
 
 /// Reads a blueprint and makes its deployment plan with the given inputs.
 pub fn plan_file(path: &Path, options: &Options) -> Result<Plan, Error> {
-    let _ = (path, options);
-    Err(Error::new("the DSL parser is not written yet"))
+    let size = std::fs::metadata(path)
+        .map_err(|e| Error::new(format!("cannot read blueprint {}: {e}", path.display())))?
+        .len();
+    if size > yaml::MAX_FILE_BYTES as u64 {
+        return Err(Error::new(format!(
+            "{}: the file is {size} bytes, more than the {} bytes a blueprint file may have",
+            path.display(),
+            yaml::MAX_FILE_BYTES
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::new(format!("cannot read blueprint {}: {e}", path.display())))?;
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    plan_text(&text, Some(path), base_dir, options)
 }
 
 /// Makes the plan of a blueprint given as text; relative imports resolve against `base_dir`.
 /// The entry point of the fuzz target and of tests with inline blueprints.
 pub fn plan_str(text: &str, base_dir: &Path, options: &Options) -> Result<Plan, Error> {
-    let _ = (text, base_dir, options);
-    Err(Error::new("the DSL parser is not written yet"))
+    plan_text(text, None, base_dir, options)
+}
+
+/// The pipeline: imports, schema, types and plan, then node instances.
+fn plan_text(
+    text: &str,
+    file: Option<&Path>,
+    base_dir: &Path,
+    options: &Options,
+) -> Result<Plan, Error> {
+    let merged = imports::load(text, file, base_dir, options)?;
+    let blueprint = parse::blueprint(&merged.document, merged.version)?;
+    let resource_base = merged.resource_base.as_deref();
+    let mut plan = plan::make(
+        &blueprint,
+        &options.inputs,
+        resource_base,
+        &merged.document.mark,
+    )?;
+    plan.node_instances = instances::node_instances(&plan.nodes, &plan.scaling_groups)?;
+    Ok(plan)
 }
 
 /// Reads a YAML document (an inputs file, a `K=V` value) into JSON. Errors name line and column.
 pub fn yaml_to_json(text: &str) -> Result<serde_json::Value, Error> {
-    let _ = text;
-    Err(Error::new("the YAML loader is not written yet"))
+    yaml::load(text, None).map(|node| node.to_json())
 }

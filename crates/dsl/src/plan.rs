@@ -1,0 +1,817 @@
+//! The deployment plan: node templates merged with their types, operations bound to plugins,
+//! functions evaluated, host nodes, scaling groups and workflows, in the shape of Cloudify's
+//! `prepare_deployment_plan`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use indexmap::IndexMap;
+use serde_json::Value as Json;
+
+use crate::error::Error;
+use crate::functions::{self, Context};
+use crate::parse::{Blueprint, Interfaces, RawOperation};
+use crate::types::{self, Derived};
+use crate::yaml::Mark;
+use drover_model::plan::{NodeCapabilities, Scalable};
+use drover_model::{
+    Instances, Map, Operation, Plan, PlanNode, PlanRelationship, ScalableProperties, ScalingGroup,
+    WorkflowSpec,
+};
+
+const COMPUTE: &str = "cloudify.nodes.Compute";
+const CONTAINED_IN: &str = "cloudify.relationships.contained_in";
+const SCALING_POLICY: &str = "cloudify.policies.scaling";
+const SCRIPT_PLUGIN: &str = "script";
+const SCRIPT_RUN: &str = "script_runner.tasks.run";
+const SCRIPT_WORKFLOW: &str = "script_runner.tasks.execute_workflow";
+const CENTRAL: &str = "central_deployment_agent";
+const HOST_AGENT: &str = "host_agent";
+
+/// Makes the plan (without node instances) of a validated blueprint.
+pub fn make(
+    bp: &Blueprint,
+    given_inputs: &Map,
+    resource_base: Option<&Path>,
+    root: &Mark,
+) -> Result<Plan, Error> {
+    let node_types = types::derive_all("node_types", &bp.node_types)?;
+    let relationship_types = types::derive_all("relationships", &bp.relationships)?;
+    let data_types = types::derive_all("data_types", &bp.data_types)?;
+    let input_values = crate::inputs::values(&bp.inputs, given_inputs, &data_types, root)?;
+    let binder = Binder {
+        plugins: &bp.plugins,
+        resource_base,
+    };
+
+    let mut nodes = Vec::with_capacity(bp.node_templates.len());
+    for (name, template) in &bp.node_templates {
+        let path = format!("node_templates.{name}");
+        let Some(node_type) = node_types.get(&template.type_name) else {
+            return Err(template.type_mark.error(
+                format!("{path}.type"),
+                format!(
+                    "node template '{name}' is of type '{}', which is not defined",
+                    template.type_name
+                ),
+            ));
+        };
+        let what = format!("node template '{name}'");
+        let check = types::PropertyCheck {
+            data_types: &data_types,
+            what: &what,
+            mark: &template.mark,
+            require: true,
+        };
+        let properties = types::merge_properties(
+            &node_type.properties,
+            &template.properties,
+            None,
+            &check,
+            &format!("{path}.properties"),
+        )?;
+        let interfaces = types::merge_template_interfaces(
+            &template.interfaces,
+            &node_type.interfaces,
+            &format!("{path}.interfaces"),
+        )?;
+        let operations = binder.operations(&interfaces, &path)?;
+        let mut relationships = Vec::with_capacity(template.relationships.len());
+        let mut contained = 0;
+        for (i, rel) in template.relationships.iter().enumerate() {
+            let rpath = format!("{path}.relationships.{i}");
+            let Some(rel_type) = relationship_types.get(&rel.type_name) else {
+                return Err(rel.mark.error(
+                    format!("{rpath}.type"),
+                    format!("relationship type '{}' is not defined", rel.type_name),
+                ));
+            };
+            if !bp.node_templates.contains_key(&rel.target) {
+                return Err(rel.mark.error(
+                    format!("{rpath}.target"),
+                    format!(
+                        "relationship target '{}' is not a node template",
+                        rel.target
+                    ),
+                ));
+            }
+            if rel.target == *name {
+                return Err(rel.mark.error(
+                    format!("{rpath}.target"),
+                    "a node template cannot have a relationship to itself",
+                ));
+            }
+            if rel_type.hierarchy.iter().any(|t| t == CONTAINED_IN) {
+                contained += 1;
+                if contained > 1 {
+                    return Err(rel.mark.error(
+                        rpath,
+                        format!("node template '{name}' is contained in more than one node"),
+                    ));
+                }
+            }
+            relationships.push(relationship(rel, rel_type, &data_types, &binder, &rpath)?);
+        }
+        nodes.push(PlanNode {
+            id: name.clone(),
+            name: name.clone(),
+            type_name: template.type_name.clone(),
+            type_hierarchy: node_type.hierarchy.clone(),
+            properties,
+            operations,
+            relationships,
+            host_id: None,
+            plugins: Vec::new(),
+            plugins_to_install: Vec::new(),
+            deployment_plugins_to_install: Vec::new(),
+            // Set with the other functions-dependent values in `evaluate_nodes`.
+            instances: Instances::default(),
+            capabilities: NodeCapabilities::default(),
+        });
+    }
+    set_host_ids(&mut nodes, bp)?;
+    evaluate_nodes(&mut nodes, bp, &input_values)?;
+    set_node_plugins(&mut nodes, &bp.plugins);
+
+    let empty_nodes = HashMap::new();
+    let plain = Context {
+        inputs: &input_values,
+        nodes: &empty_nodes,
+        self_node: None,
+        source: None,
+        target: None,
+    };
+    let raw_props: Vec<(&str, &Map)> = nodes
+        .iter()
+        .map(|n| (n.id.as_str(), &n.properties))
+        .collect();
+    let by_name: HashMap<&str, &Map> = raw_props.into_iter().collect();
+    let ctx = Context {
+        nodes: &by_name,
+        ..plain
+    };
+    let outputs = evaluate_section(&bp.outputs, &ctx, "outputs", root)?;
+    let capabilities = evaluate_section(&bp.capabilities, &ctx, "capabilities", root)?;
+    let scaling_groups = scaling_groups(bp, &ctx)?;
+    let workflows = workflows(bp, &binder)?;
+
+    let mut plan = Plan {
+        description: bp.description.clone(),
+        version: bp.version.name(),
+        nodes: Vec::new(),
+        node_instances: Vec::new(),
+        inputs: bp
+            .inputs
+            .iter()
+            .map(|(k, v)| (k.clone(), Json::Object(v.clone())))
+            .collect(),
+        outputs,
+        capabilities,
+        workflows: workflows.0,
+        groups: bp
+            .groups
+            .iter()
+            .map(|(k, g)| (k.clone(), Json::Object(g.json.clone())))
+            .collect(),
+        policies: bp
+            .policies
+            .iter()
+            .map(|(k, p)| (k.clone(), Json::Object(p.json.clone())))
+            .collect(),
+        policy_types: bp.policy_types.clone(),
+        policy_triggers: bp.policy_triggers.clone(),
+        scaling_groups,
+        relationships: relationship_type_definitions(bp, &relationship_types),
+        labels: evaluate_section(&bp.labels, &ctx, "labels", root)?,
+        blueprint_labels: bp.blueprint_labels.clone(),
+        deployment_plugins_to_install: Vec::new(),
+        workflow_plugins_to_install: workflows.1,
+        host_agent_plugins_to_install: Vec::new(),
+    };
+    let mut deployment = Vec::new();
+    let mut host = Vec::new();
+    for node in &nodes {
+        push_unique(&mut deployment, &node.deployment_plugins_to_install);
+        push_unique(&mut host, &node.plugins_to_install);
+    }
+    plan.deployment_plugins_to_install = deployment;
+    plan.host_agent_plugins_to_install = host;
+    plan.nodes = nodes;
+    Ok(plan)
+}
+
+fn push_unique(into: &mut Vec<Json>, from: &[Json]) {
+    for p in from {
+        if !into.contains(p) {
+            into.push(p.clone());
+        }
+    }
+}
+
+/// Binds operations to plugins (Cloudify's `process_operation`).
+struct Binder<'a> {
+    plugins: &'a IndexMap<String, Map>,
+    resource_base: Option<&'a Path>,
+}
+
+/// What an implementation string resolves to.
+enum Target {
+    Plugin(String, String),
+    Script(String),
+}
+
+impl Binder<'_> {
+    fn operations(
+        &self,
+        interfaces: &Interfaces,
+        path: &str,
+    ) -> Result<BTreeMap<String, Operation>, Error> {
+        let mut out = BTreeMap::new();
+        for (interface, ops) in interfaces {
+            for (name, op) in ops {
+                let full = format!("{interface}.{name}");
+                out.insert(
+                    full.clone(),
+                    self.operation(op, &full, &format!("{path}.{full}"))?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    fn resolve(
+        &self,
+        implementation: &str,
+        what: &str,
+        name: &str,
+        mark: &Mark,
+        path: &str,
+    ) -> Result<Target, Error> {
+        let is_url = ["http://", "https://", "ftp://", "file:"]
+            .iter()
+            .any(|p| implementation.starts_with(p));
+        let inline = implementation.trim().contains('\n');
+        if is_url || inline || self.script_exists(implementation) {
+            return Ok(Target::Script(implementation.to_string()));
+        }
+        let candidates: Vec<&String> = self
+            .plugins
+            .keys()
+            .filter(|p| {
+                implementation.len() > p.len()
+                    && implementation.starts_with(p.as_str())
+                    && implementation.as_bytes().get(p.len()) == Some(&b'.')
+            })
+            .collect();
+        match candidates.as_slice() {
+            [plugin] => Ok(Target::Plugin((*plugin).clone(), implementation[plugin.len() + 1..].to_string())),
+            [] => Err(mark.error(
+                path,
+                format!(
+                    "could not extract a plugin from {what} mapping '{implementation}', and no script of that path exists, for {what} '{name}'"
+                ),
+            )),
+            many => Err(mark.error(
+                path,
+                format!("ambiguous {what} mapping '{implementation}' of '{name}': plugins {many:?} all match"),
+            )),
+        }
+    }
+
+    /// Whether a script of this path exists under the blueprint's directory (a namespace prefix
+    /// is not part of the path).
+    fn script_exists(&self, implementation: &str) -> bool {
+        let Some(base) = self.resource_base else {
+            return false;
+        };
+        let relative = match implementation.rfind(crate::imports::NAMESPACE_DELIMITER) {
+            Some(i) => &implementation[i + crate::imports::NAMESPACE_DELIMITER.len()..],
+            None => implementation,
+        };
+        !relative.is_empty()
+            && !relative.starts_with('/')
+            && !relative.contains("..")
+            && base.join(relative).is_file()
+    }
+
+    fn script_plugin(
+        &self,
+        implementation: &str,
+        what: &str,
+        name: &str,
+        mark: &Mark,
+        path: &str,
+    ) -> Result<String, Error> {
+        self.plugins
+            .keys()
+            .find(|p| p.ends_with(SCRIPT_PLUGIN))
+            .cloned()
+            .ok_or_else(|| mark.error(path, format!("the script plugin is not defined, but {what} '{name}' maps to the script '{implementation}'")))
+    }
+
+    fn operation(&self, op: &RawOperation, name: &str, path: &str) -> Result<Operation, Error> {
+        if op.implementation.is_empty() {
+            return Ok(Operation::default());
+        }
+        let mut operation = Operation {
+            inputs: op.inputs.clone(),
+            executor: op.executor.clone(),
+            max_retries: op.max_retries.clone(),
+            retry_interval: op.retry_interval.clone(),
+            timeout: op.timeout.clone(),
+            timeout_recoverable: op.timeout_recoverable.clone(),
+            ..Operation::default()
+        };
+        match self.resolve(&op.implementation, "operation", name, &op.mark, path)? {
+            Target::Plugin(plugin, mapping) => {
+                if operation.executor.is_none() {
+                    operation.executor = self.plugin_executor(&plugin);
+                }
+                operation.plugin = plugin;
+                operation.operation = mapping;
+            }
+            Target::Script(script) => {
+                if op.inputs.contains_key("script_path") || op.inputs.contains_key("script_source")
+                {
+                    return Err(op.mark.error(path, format!("operation '{name}' maps to the script '{script}' and cannot also set the script_path input")));
+                }
+                let key = if script.trim().contains('\n') {
+                    "script_source"
+                } else {
+                    "script_path"
+                };
+                operation
+                    .inputs
+                    .insert(key.into(), Json::String(script.clone()));
+                operation.plugin =
+                    self.script_plugin(&script, "operation", name, &op.mark, path)?;
+                operation.operation = SCRIPT_RUN.into();
+                operation.executor.get_or_insert_with(|| "auto".into());
+            }
+        }
+        Ok(operation)
+    }
+
+    fn plugin_executor(&self, plugin: &str) -> Option<String> {
+        self.plugins
+            .get(plugin)?
+            .get("executor")?
+            .as_str()
+            .map(str::to_string)
+    }
+}
+
+fn relationship(
+    rel: &crate::parse::RelationshipTemplate,
+    rel_type: &Derived,
+    data_types: &HashMap<String, Derived>,
+    binder: &Binder<'_>,
+    path: &str,
+) -> Result<PlanRelationship, Error> {
+    let what = format!("relationship '{}'", rel.type_name);
+    let check = types::PropertyCheck {
+        data_types,
+        what: &what,
+        mark: &rel.mark,
+        require: true,
+    };
+    let properties = types::merge_properties(
+        &rel_type.properties,
+        &rel.properties,
+        None,
+        &check,
+        &format!("{path}.properties"),
+    )?;
+    let source = types::merge_template_interfaces(
+        &rel.source_interfaces,
+        &rel_type.source_interfaces,
+        &format!("{path}.source_interfaces"),
+    )?;
+    let target = types::merge_template_interfaces(
+        &rel.target_interfaces,
+        &rel_type.target_interfaces,
+        &format!("{path}.target_interfaces"),
+    )?;
+    Ok(PlanRelationship {
+        type_name: rel.type_name.clone(),
+        target_id: rel.target.clone(),
+        type_hierarchy: rel_type.hierarchy.clone(),
+        properties,
+        source_operations: binder.operations(&source, &format!("{path}.source_interfaces"))?,
+        target_operations: binder.operations(&target, &format!("{path}.target_interfaces"))?,
+    })
+}
+
+/// Host of each node: itself for a Compute node, else its contained_in target's host.
+fn set_host_ids(nodes: &mut [PlanNode], bp: &Blueprint) -> Result<(), Error> {
+    let index: HashMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.as_str(), i))
+        .collect();
+    let mut hosts: Vec<Option<String>> = Vec::with_capacity(nodes.len());
+    for node in nodes.iter() {
+        let mut seen = HashSet::new();
+        let mut current = node;
+        let host = loop {
+            if !seen.insert(current.id.as_str()) {
+                let mark = bp
+                    .node_templates
+                    .get(&node.id)
+                    .map(|t| t.mark.clone())
+                    .unwrap_or_default();
+                return Err(mark.error(
+                    format!("node_templates.{}.relationships", node.id),
+                    format!(
+                        "node template '{}' is contained in itself (a contained_in cycle)",
+                        node.id
+                    ),
+                ));
+            }
+            if current.type_hierarchy.iter().any(|t| t == COMPUTE) {
+                break Some(current.id.clone());
+            }
+            let next = current
+                .relationships
+                .iter()
+                .find(|r| r.is_contained_in())
+                .and_then(|r| index.get(r.target_id.as_str()))
+                .and_then(|i| nodes.get(*i));
+            match next {
+                Some(n) => current = n,
+                None => break None,
+            }
+        };
+        hosts.push(host);
+    }
+    for (node, host) in nodes.iter_mut().zip(hosts) {
+        node.host_id = host;
+    }
+    Ok(())
+}
+
+/// Evaluates the plan-time functions of node properties, operation inputs and scalable
+/// properties, marking operations whose inputs keep runtime functions.
+fn evaluate_nodes(
+    nodes: &mut [PlanNode],
+    bp: &Blueprint,
+    inputs: &HashMap<String, Option<Json>>,
+) -> Result<(), Error> {
+    let raw: Vec<Map> = nodes.iter().map(|n| n.properties.clone()).collect();
+    let names: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
+    let by_name: HashMap<&str, &Map> = names.iter().map(String::as_str).zip(raw.iter()).collect();
+    for node in nodes.iter_mut() {
+        let template = bp.node_templates.get(&node.id);
+        let mark = template.map(|t| t.mark.clone()).unwrap_or_default();
+        let path = format!("node_templates.{}", node.id);
+        let ctx = Context {
+            inputs,
+            nodes: &by_name,
+            self_node: Some(node.id.as_str()),
+            source: None,
+            target: None,
+        };
+        let located = |m: String, field: &str| mark.error(format!("{path}.{field}"), m);
+        let evaluated =
+            functions::evaluate(&Json::Object(std::mem::take(&mut node.properties)), &ctx)
+                .map_err(|m| located(m, "properties"))?;
+        if let Json::Object(map) = evaluated {
+            node.properties = map;
+        }
+        for (name, op) in node.operations.iter_mut() {
+            evaluate_operation(op, &ctx).map_err(|m| located(m, &format!("interfaces.{name}")))?;
+        }
+        if let Some(template) = template {
+            let (instances, scalable) = evaluate_scalable(template, &ctx, &path)?;
+            node.instances = instances;
+            node.capabilities.scalable = scalable;
+        }
+        let self_name = node.id.clone();
+        for rel in node.relationships.iter_mut() {
+            let rel_ctx = Context {
+                inputs,
+                nodes: &by_name,
+                self_node: Some(self_name.as_str()),
+                source: Some(self_name.as_str()),
+                target: Some(rel.target_id.as_str()),
+            };
+            let target = rel.target_id.clone();
+            let rel_ctx = Context {
+                target: Some(target.as_str()),
+                ..rel_ctx
+            };
+            if let Json::Object(map) =
+                functions::evaluate(&Json::Object(std::mem::take(&mut rel.properties)), &rel_ctx)
+                    .map_err(|m| located(m, "relationships"))?
+            {
+                rel.properties = map;
+            }
+            for op in rel
+                .source_operations
+                .values_mut()
+                .chain(rel.target_operations.values_mut())
+            {
+                evaluate_operation(op, &rel_ctx).map_err(|m| located(m, "relationships"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn evaluate_operation(op: &mut Operation, ctx: &Context<'_>) -> Result<(), String> {
+    if let Json::Object(map) =
+        functions::evaluate(&Json::Object(std::mem::take(&mut op.inputs)), ctx)?
+    {
+        op.inputs = map;
+    }
+    op.has_intrinsic_functions = op.inputs.values().any(functions::contains_function);
+    Ok(())
+}
+
+/// Instance counts of a node: `capabilities.scalable.properties` (from 1_3) or
+/// `instances.deploy`, with Cloudify's defaults (1 instance, min 0, no max).
+fn evaluate_scalable(
+    template: &crate::parse::NodeTemplate,
+    ctx: &Context<'_>,
+    path: &str,
+) -> Result<(Instances, Scalable), Error> {
+    let mut raw = template.scalable.clone();
+    if let Some(deploy) = &template.instances_deploy
+        && !raw.contains_key("default_instances")
+    {
+        raw.insert("default_instances".into(), deploy.clone());
+    }
+    let path = format!("{path}.capabilities.scalable.properties");
+    let properties = scaling_properties(&raw, ctx, &template.mark, &path)?;
+    Ok((
+        Instances {
+            deploy: properties.default_instances,
+        },
+        Scalable { properties },
+    ))
+}
+
+/// Reads `default_instances`, `min_instances`, `max_instances` (functions evaluated) and checks
+/// `min <= default <= max` (`max` of -1 is unbounded).
+fn scaling_properties(
+    raw: &Map,
+    ctx: &Context<'_>,
+    mark: &Mark,
+    path: &str,
+) -> Result<ScalableProperties, Error> {
+    let evaluated =
+        functions::evaluate(&Json::Object(raw.clone()), ctx).map_err(|m| mark.error(path, m))?;
+    let get = |name: &str, default: i64| -> Result<i64, Error> {
+        match evaluated.get(name) {
+            None | Some(Json::Null) => Ok(default),
+            Some(v) => v
+                .as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                .ok_or_else(|| {
+                    mark.error(
+                        format!("{path}.{name}"),
+                        format!("{name} must be an integer, got {v}"),
+                    )
+                }),
+        }
+    };
+    let default = get("default_instances", 1)?;
+    let min = get("min_instances", 0)?;
+    let max = get("max_instances", -1)?;
+    let bad = |m: String| Err(mark.error(path, m));
+    if default < 0 || min < 0 || max < -1 {
+        return bad(format!(
+            "instance counts must not be negative (max_instances may be -1, unbounded): default {default}, min {min}, max {max}"
+        ));
+    }
+    if default < min || (max != -1 && (default > max || min > max)) {
+        return bad(format!(
+            "expected min_instances <= default_instances <= max_instances, got min {min}, default {default}, max {max}"
+        ));
+    }
+    let default = default as u64;
+    Ok(ScalableProperties {
+        default_instances: default,
+        min_instances: min as u64,
+        max_instances: max,
+        current_instances: default,
+        planned_instances: default,
+    })
+}
+
+/// Plugins each node uses, and those its host must install.
+fn set_node_plugins(nodes: &mut [PlanNode], plugins: &IndexMap<String, Map>) {
+    let plugin_json = |name: &str| plugins.get(name).map(|p| Json::Object(p.clone()));
+    let mut by_node: HashMap<String, Vec<String>> = HashMap::new();
+    for node in nodes.iter() {
+        let used = by_node.entry(node.id.clone()).or_default();
+        for op in node.operations.values() {
+            add_name(used, &op.plugin);
+        }
+        for rel in &node.relationships {
+            for op in rel.source_operations.values() {
+                add_name(used, &op.plugin);
+            }
+        }
+    }
+    for node in nodes.iter() {
+        for rel in &node.relationships {
+            let used = by_node.entry(rel.target_id.clone()).or_default();
+            for op in rel.target_operations.values() {
+                add_name(used, &op.plugin);
+            }
+        }
+    }
+    let mut host_plugins: HashMap<String, Vec<Json>> = HashMap::new();
+    for node in nodes.iter_mut() {
+        let names = by_node.remove(&node.id).unwrap_or_default();
+        node.plugins = names.iter().filter_map(|n| plugin_json(n)).collect();
+        let installable = |p: &&Json| p.get("install") != Some(&Json::Bool(false));
+        node.deployment_plugins_to_install = node
+            .plugins
+            .iter()
+            .filter(|p| p.get("executor").and_then(Json::as_str) == Some(CENTRAL))
+            .filter(installable)
+            .cloned()
+            .collect();
+        if let Some(host) = &node.host_id {
+            let list = host_plugins.entry(host.clone()).or_default();
+            let host_agent: Vec<Json> = node
+                .plugins
+                .iter()
+                .filter(|p| p.get("executor").and_then(Json::as_str) == Some(HOST_AGENT))
+                .filter(installable)
+                .cloned()
+                .collect();
+            push_unique(list, &host_agent);
+        }
+    }
+    for node in nodes.iter_mut() {
+        if node.host_id.as_deref() == Some(node.id.as_str()) {
+            node.plugins_to_install = host_plugins.remove(&node.id).unwrap_or_default();
+        }
+    }
+}
+
+fn add_name(names: &mut Vec<String>, plugin: &str) {
+    if !plugin.is_empty() && !names.iter().any(|n| n == plugin) {
+        names.push(plugin.to_string());
+    }
+}
+
+fn evaluate_section(
+    section: &Map,
+    ctx: &Context<'_>,
+    path: &str,
+    mark: &Mark,
+) -> Result<Map, Error> {
+    match functions::evaluate(&Json::Object(section.clone()), ctx)
+        .map_err(|m| mark.error(path, m))?
+    {
+        Json::Object(map) => Ok(map),
+        _ => Ok(Map::new()),
+    }
+}
+
+/// Scaling groups: the groups a `cloudify.policies.scaling` policy targets.
+fn scaling_groups(
+    bp: &Blueprint,
+    ctx: &Context<'_>,
+) -> Result<BTreeMap<String, ScalingGroup>, Error> {
+    for (name, group) in &bp.groups {
+        for (member, mark) in &group.members {
+            if !bp.node_templates.contains_key(member) && !bp.groups.contains_key(member) {
+                return Err(mark.error(
+                    format!("groups.{name}.members"),
+                    format!("group member '{member}' is neither a node template nor a group"),
+                ));
+            }
+            if member == name {
+                return Err(mark.error(
+                    format!("groups.{name}.members"),
+                    "a group cannot contain itself",
+                ));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (name, policy) in &bp.policies {
+        let path = format!("policies.{name}");
+        if policy.type_name != SCALING_POLICY {
+            if !bp.policy_types.contains_key(&policy.type_name) {
+                return Err(policy.mark.error(
+                    format!("{path}.type"),
+                    format!("policy type '{}' is not defined", policy.type_name),
+                ));
+            }
+            continue;
+        }
+        let properties = scaling_properties(
+            &policy.properties,
+            ctx,
+            &policy.mark,
+            &format!("{path}.properties"),
+        )?;
+        for (target, mark) in &policy.targets {
+            let Some(group) = bp.groups.get(target) else {
+                return Err(mark.error(
+                    format!("{path}.targets"),
+                    format!("policy target '{target}' is not a group"),
+                ));
+            };
+            if out.contains_key(target) {
+                return Err(mark.error(
+                    format!("{path}.targets"),
+                    format!("group '{target}' is the target of more than one scaling policy"),
+                ));
+            }
+            out.insert(
+                target.clone(),
+                ScalingGroup {
+                    members: group.members.iter().map(|(m, _)| m.clone()).collect(),
+                    properties,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Workflows bound to their plugins, and the plugins workflows need installed.
+fn workflows(
+    bp: &Blueprint,
+    binder: &Binder<'_>,
+) -> Result<(BTreeMap<String, WorkflowSpec>, Vec<Json>), Error> {
+    let mut out = BTreeMap::new();
+    let mut to_install = Vec::new();
+    for (name, workflow) in &bp.workflows {
+        let path = format!("workflows.{name}");
+        let mut parameters = workflow.parameters.clone();
+        let (plugin, operation) = match binder.resolve(
+            &workflow.mapping,
+            "workflow",
+            name,
+            &workflow.mark,
+            &path,
+        )? {
+            Target::Plugin(plugin, mapping) => (plugin, mapping),
+            Target::Script(script) => {
+                if parameters.contains_key("script_path") {
+                    return Err(workflow.mark.error(path, format!("workflow '{name}' maps to a script and cannot also have a script_path parameter")));
+                }
+                let mut spec = Map::new();
+                spec.insert("default".into(), Json::String(script.clone()));
+                spec.insert(
+                    "description".into(),
+                    Json::String("Workflow script executed by the script plugin".into()),
+                );
+                parameters.insert("script_path".into(), Json::Object(spec));
+                (
+                    binder.script_plugin(&script, "workflow", name, &workflow.mark, &path)?,
+                    SCRIPT_WORKFLOW.to_string(),
+                )
+            }
+        };
+        if let Some(p) = bp.plugins.get(&plugin)
+            && p.get("install") != Some(&Json::Bool(false))
+        {
+            push_unique(&mut to_install, &[Json::Object(p.clone())]);
+        }
+        out.insert(
+            name.clone(),
+            WorkflowSpec {
+                plugin,
+                operation,
+                parameters,
+                is_cascading: Some(workflow.is_cascading.unwrap_or(false)),
+            },
+        );
+    }
+    Ok((out, to_install))
+}
+
+/// The `relationships` section of the plan: each relationship type with its hierarchy.
+fn relationship_type_definitions(bp: &Blueprint, derived: &HashMap<String, Derived>) -> Map {
+    bp.relationships
+        .keys()
+        .filter_map(|name| {
+            let d = derived.get(name)?;
+            let mut map = Map::new();
+            map.insert("name".into(), Json::String(name.clone()));
+            map.insert(
+                "type_hierarchy".into(),
+                Json::Array(d.hierarchy.iter().cloned().map(Json::String).collect()),
+            );
+            map.insert(
+                "properties".into(),
+                Json::Object(
+                    d.properties
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Json::Object(v.clone())))
+                        .collect(),
+                ),
+            );
+            Some((name.clone(), Json::Object(map)))
+        })
+        .collect()
+}
