@@ -293,13 +293,18 @@ pub struct Failure {
 pub struct RecordingRunner {
     pub record: Record,
     failures: Arc<Mutex<Vec<Failure>>>,
-    /// How long each operation takes.
-    pub delay: std::time::Duration,
+    delay: std::time::Duration,
 }
 
 impl RecordingRunner {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Makes each operation take this long.
+    pub fn with_delay(mut self, delay: std::time::Duration) -> Self {
+        self.delay = delay;
+        self
     }
 
     pub fn fail(self, failure: Failure) -> Self {
