@@ -30,7 +30,7 @@ pub struct ProvisionerConfig {
     pub requests_per_second: NonZeroU32,
     /// Calls that may go out back to back before the pace applies.
     pub burst: NonZeroU32,
-    /// Cloud calls in flight at once.
+    /// Cloud calls in flight at once (tries waiting out a backoff do not count).
     pub concurrent_requests: usize,
     /// Tries of one call, and rounds for one server, before giving up.
     pub max_attempts: usize,
@@ -148,9 +148,12 @@ impl Provisioner {
         Fut: Future<Output = Result<T, CloudError>>,
     {
         let mut make_call = make_call;
+        // The permit covers the call only, not the backoff sleeps between tries, so waiting
+        // retries do not hold back other calls.
         let paced = || {
             let call = make_call();
             async {
+                let _permit = self.calls.acquire().await;
                 self.limiter.until_ready().await;
                 call.await
             }
@@ -158,7 +161,7 @@ impl Provisioner {
         paced
             .retry(self.backoff())
             .when(CloudError::is_retryable)
-            .adjust(|error, delay| delay.map(|d| error.retry_after().unwrap_or(d).max(d)))
+            .adjust(|error, delay| delay.map(|d| error.retry_after().unwrap_or(d)))
             .await
     }
 
@@ -195,12 +198,8 @@ impl Provisioner {
             for batch in pending.chunks(batch_size) {
                 let indexes = batch.to_vec();
                 let batch_items = indexes.iter().map(|&i| items[i].clone()).collect();
-                let permits = Arc::clone(&self.calls);
                 let call = batch_call(self.clone(), batch_items);
-                calls.spawn(async move {
-                    let _permit = permits.acquire_owned().await;
-                    (indexes, call.await)
-                });
+                calls.spawn(async move { (indexes, call.await) });
             }
             let mut retry = Vec::new();
             let mut last_round = round >= self.config.max_attempts;

@@ -9,6 +9,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// make the agent buffer without bound.
 const MAX_LINE_BYTES: usize = 64 * 1024;
 
+/// The most of a tail quoted in an error message.
+const MAX_TAIL_BYTES: usize = 4096;
+
 /// The last lines of a stream, for the failure message of a script that exits non-zero.
 #[derive(Clone)]
 pub struct Tail {
@@ -32,9 +35,15 @@ impl Tail {
         lines.push_back(line.to_string());
     }
 
+    /// The kept lines, cut to their last [`MAX_TAIL_BYTES`] bytes.
     pub fn text(&self) -> String {
         let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
-        lines.iter().cloned().collect::<Vec<_>>().join("\n")
+        let text = lines.iter().cloned().collect::<Vec<_>>().join("\n");
+        let mut start = text.len().saturating_sub(MAX_TAIL_BYTES);
+        while !text.is_char_boundary(start) {
+            start += 1;
+        }
+        text[start..].to_string()
     }
 }
 
@@ -93,6 +102,17 @@ mod tests {
         .await;
         assert_eq!(*seen.lock().unwrap(), ["one", "two", "\u{fffd}three"]);
         assert_eq!(tail.text(), "two\n\u{fffd}three");
+    }
+
+    #[test]
+    fn the_tail_is_bounded() {
+        let tail = Tail::new(3);
+        for _ in 0..3 {
+            tail.push(&"é".repeat(MAX_TAIL_BYTES));
+        }
+        let text = tail.text();
+        assert!(text.len() <= MAX_TAIL_BYTES);
+        assert!(text.ends_with('é'));
     }
 
     #[tokio::test]
