@@ -53,7 +53,13 @@ impl OperationRunner {
         std::fs::create_dir_all(&config.work_dir)?;
         let work_dir = std::path::absolute(&config.work_dir)?;
         let ctx_executable = match config.ctx_executable {
-            Some(path) => path,
+            Some(path) if path.is_file() => path,
+            Some(path) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("the ctx executable {} does not exist", path.display()),
+                ));
+            }
             None => std::env::current_exe()?,
         };
         Ok(OperationRunner {

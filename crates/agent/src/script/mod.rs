@@ -132,39 +132,50 @@ async fn execute(
     // script exits; left alone once the script exited by itself.
     let mut group = GroupGuard(child.id().map(ProcessGroup));
 
-    let log = |stream: LogStream| {
+    let template = LogRecord {
+        task_id: task.task_id.clone(),
+        execution_id: task.execution_id.clone(),
+        node_instance_id: task.node.node_instance_id.clone(),
+        operation: task.operation.clone(),
+        level: LogLevel::Info,
+        stream: LogStream::Runner,
+        message: String::new(),
+        timestamp: SystemTime::now(),
+    };
+    let log = |stream: LogStream, level: LogLevel| {
         let sink = env.logs.clone();
-        let task = task.clone();
+        let template = template.clone();
         move |message: String| {
             sink(LogRecord {
-                task_id: task.task_id.clone(),
-                execution_id: task.execution_id.clone(),
-                node_instance_id: task.node.node_instance_id.clone(),
-                operation: task.operation.clone(),
-                level: LogLevel::Info,
+                level,
                 stream,
                 message,
                 timestamp: SystemTime::now(),
+                ..template.clone()
             })
         }
     };
     let stderr_tail = Tail::new(STDERR_TAIL_LINES);
     let mut readers = tokio::task::JoinSet::new();
     if let Some(stdout) = child.stdout.take() {
-        readers.spawn(read_lines(stdout, None, log(LogStream::Stdout)));
+        readers.spawn(read_lines(
+            stdout,
+            None,
+            log(LogStream::Stdout, LogLevel::Info),
+        ));
     }
     if let Some(stderr) = child.stderr.take() {
         readers.spawn(read_lines(
             stderr,
             Some(stderr_tail.clone()),
-            log(LogStream::Stderr),
+            log(LogStream::Stderr, LogLevel::Info),
         ));
     }
 
     let limit = task
         .timeout_s
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map(Duration::from_secs_f64);
+        .filter(|s| *s > 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok());
     let status = match limit {
         None => child.wait().await,
         Some(limit) => match tokio::time::timeout(limit, child.wait()).await {
@@ -173,7 +184,9 @@ async fn execute(
                 group.kill();
                 let _ = child.wait().await;
                 let _ = tokio::time::timeout(OUTPUT_GRACE, readers.join_all()).await;
-                log(LogStream::Runner)(format!("killed after the {limit:?} timeout"));
+                log(LogStream::Runner, LogLevel::Warning)(format!(
+                    "killed after the {limit:?} timeout"
+                ));
                 return Ended::TimedOut(limit);
             }
         },
