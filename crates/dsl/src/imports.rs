@@ -174,7 +174,7 @@ pub fn load(
         if let Some(ns) = &imported.namespace {
             crate::namespace::apply(&mut imported.document, ns);
         }
-        merge(&mut merged, imported, &version)?;
+        merge(&mut merged, imported, &version, i == 0)?;
     }
     Ok(Merged {
         document: Node::new(Value::Map(merged), root_mark),
@@ -396,18 +396,20 @@ fn is_cloudify_types(document: &Node) -> bool {
             .is_some()
 }
 
-/// Merges one file's sections into the combined document.
+/// Merges one file's sections into the combined document. The main blueprint keeps its
+/// `dsl_definitions`, for the schema to check their version gate.
 fn merge(
     combined: &mut Vec<(Key, Node)>,
     imported: Imported,
     version: &Version,
+    is_main: bool,
 ) -> Result<(), Error> {
     let Value::Map(sections) = imported.document.value else {
         return Ok(());
     };
     for (key, value) in sections {
         let name = key.name.as_str();
-        if IGNORE.contains(&name) {
+        if IGNORE.contains(&name) && !(is_main && name == "dsl_definitions") {
             continue;
         }
         let Some(existing) = combined.iter_mut().find(|(k, _)| k.name == key.name) else {

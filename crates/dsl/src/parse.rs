@@ -171,10 +171,10 @@ const PROPERTY: &[Field] = &[
     ("description", ANY),
     ("type", ANY),
     ("default", ANY),
-    ("required", ANY),
+    ("required", (1, 2)),
     ("constraints", ANY),
-    ("display_label", ANY),
-    ("hidden", ANY),
+    ("display_label", (1, 3)),
+    ("hidden", (1, 3)),
     ("item_type", ANY),
     ("display", ANY),
 ];
