@@ -457,3 +457,29 @@ fn the_run_future_is_send() {
     let future = f.runner.run(OperationTask::default());
     assert_send(&future);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_operations_keep_their_contexts_apart() {
+    let f = Arc::new(Fixture::new());
+    f.script(
+        "own.sh",
+        "ctx instance runtime-properties mine \"$(ctx instance id)-$n\"\n",
+    );
+    let runs = (0..40).map(|n| {
+        let f = Arc::clone(&f);
+        tokio::spawn(async move {
+            let mut task = f.task(&format!("t{n}"), "own.sh", json!({"n": n}));
+            task.node.node_instance_id = format!("vm_{n}");
+            f.runner.run(task).await
+        })
+    });
+    for (n, run) in runs.collect::<Vec<_>>().into_iter().enumerate() {
+        let result = run.await.unwrap();
+        succeeded(&result);
+        assert_eq!(result.runtime_properties.len(), 1);
+        assert_eq!(
+            result.runtime_properties[&format!("vm_{n}")]["mine"],
+            json!(format!("vm_{n}-{n}"))
+        );
+    }
+}
