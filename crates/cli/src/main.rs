@@ -5,13 +5,18 @@
 
 mod blueprint;
 mod inputs;
+mod local;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "drover", version, about = "Orchestrates deployments of thousands of node instances from Cloudify DSL blueprints")]
+#[command(
+    name = "drover",
+    version,
+    about = "Orchestrates deployments of thousands of node instances from Cloudify DSL blueprints"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,6 +27,9 @@ enum Command {
     /// Validate blueprints and make their deployment plans.
     #[command(subcommand)]
     Blueprint(blueprint::BlueprintCommand),
+    /// Run a deployment in this process: install, uninstall, execute workflows, resume.
+    #[command(subcommand)]
+    Local(local::LocalCommand),
 }
 
 /// The outcome of a command that did not succeed.
@@ -43,6 +51,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Blueprint(cmd) => blueprint::run(cmd),
+        Command::Local(cmd) => local::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,7 +26,6 @@ use crate::functions::{self, Scope};
 use crate::graph::{Graph, Kind, Side, TaskId};
 use crate::journal::Entry;
 use crate::lifecycle::Phase;
-use crate::state::State;
 use crate::world::World;
 use crate::{CancelMode, Params};
 
@@ -267,9 +266,7 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
             match task.kind {
                 Kind::SetState(state) => {
                     self.world.set_state(task.instance, state);
-                    if matches!(state, State::Started | State::Deleted | State::Stopped)
-                        || matches!(st.phase, Phase::Start { .. } if state == State::Started)
-                    {
+                    if st.phase.final_state() == Some(state) {
                         st.progress.instances_done += 1;
                     }
                     self.complete(st, t);
@@ -342,6 +339,9 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
         let name = self.implementation(st, t).to_owned();
         match result.outcome {
             TaskOutcome::Succeeded { .. } => {
+                if st.phase.final_state().is_none() {
+                    st.progress.instances_done += 1;
+                }
                 self.emit(events::event(
                     "task_succeeded",
                     context,

@@ -184,19 +184,7 @@ impl<D: TaskDispatcher> Engine<D> {
         dry_run: bool,
     ) -> Result<Execution, EngineError> {
         let deployment = self.deployment(deployment_id)?;
-        if let Some(spec) = deployment.plan.workflows.get(workflow_id) {
-            let short = spec.operation.rsplit('.').next().unwrap_or_default();
-            if !BUILT_IN.contains(&short) {
-                return Err(EngineError::Invalid(format!(
-                    "workflow {workflow_id} is implemented by {}, which drover does not run",
-                    spec.operation
-                )));
-            }
-        } else if !BUILT_IN.contains(&workflow_id) {
-            return Err(EngineError::Invalid(format!(
-                "the deployment has no workflow {workflow_id}"
-            )));
-        }
+        workflows::built_in(&deployment.plan, workflow_id)?;
         let execution = Execution {
             id: new_id(),
             deployment_id: deployment_id.to_owned(),
@@ -251,7 +239,7 @@ impl<D: TaskDispatcher> Engine<D> {
             self.store.node_instances(&deployment.id)?,
         )?;
         let (builtin, params) =
-            workflows::resolve(&world, &execution.workflow_id, &execution.parameters)?;
+            workflows::resolve(&world.plan, &execution.workflow_id, &execution.parameters)?;
         let base = EventContext {
             deployment_id: deployment.id.clone(),
             execution_id: execution.id.clone(),
@@ -267,7 +255,7 @@ impl<D: TaskDispatcher> Engine<D> {
         };
         let planned = match replay.plan.clone() {
             Some(plan) => Ok(plan),
-            None => workflows::plan(&world, &builtin, &params),
+            None => workflows::plan(&world, builtin, &params),
         };
         let reports = self.dispatcher.subscribe(execution_id).await?;
         let mut ex = Executor::new(

@@ -84,6 +84,16 @@ impl Phase {
         }
     }
 
+    /// The state an instance reaches when the phase is done with it (none for operations).
+    pub fn final_state(&self) -> Option<State> {
+        match self {
+            Phase::Install { .. } | Phase::Start { .. } => Some(State::Started),
+            Phase::Uninstall { .. } => Some(State::Deleted),
+            Phase::Stop { .. } => Some(State::Stopped),
+            Phase::Operation { .. } => None,
+        }
+    }
+
     /// Whether a failed operation of this phase is ignored.
     pub fn ignores_failure(&self) -> bool {
         matches!(

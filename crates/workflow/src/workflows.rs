@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use drover_model::Map;
+use drover_model::{Map, Plan};
 use serde_json::Value;
 
 use crate::journal::WorkflowPlan;
@@ -11,10 +11,11 @@ use crate::lifecycle::{Phase, Selection};
 use crate::scale;
 use crate::world::World;
 
-/// The names of the built-in workflows.
+/// The built-in workflows, by the name drover calls them.
 pub const BUILT_IN: &[&str] = &[
     "install",
     "uninstall",
+    "reinstall",
     "start",
     "stop",
     "restart",
@@ -23,35 +24,55 @@ pub const BUILT_IN: &[&str] = &[
     "scale",
 ];
 
+/// The built-in that implements Cloudify's `cloudify.plugins.workflows.<name>`.
+fn built_in_for(implementation: &str) -> Option<&'static str> {
+    match implementation {
+        "auto_heal_reinstall_node_subgraph" => Some("heal"),
+        "scale_entity" => Some("scale"),
+        other => BUILT_IN
+            .iter()
+            .copied()
+            .find(|b| *b == other && *b != "heal" && *b != "scale"),
+    }
+}
+
 /// Which built-in implements a deployment's workflow: its mapping in the plan
 /// (`default_workflows.cloudify.plugins.workflows.<name>`), or the built-in of that name when the
-/// plan does not declare it. Also merges the declared parameters' defaults under `given`.
-pub(crate) fn resolve(world: &World, name: &str, given: &Map) -> Result<(String, Map), String> {
+/// plan does not declare it.
+pub(crate) fn built_in(plan: &Plan, name: &str) -> Result<&'static str, String> {
+    match plan.workflows.get(name) {
+        Some(spec) => spec
+            .operation
+            .strip_prefix("cloudify.plugins.workflows.")
+            .and_then(built_in_for)
+            .ok_or_else(|| {
+                format!(
+                    "workflow {name} is implemented by {}.{}, which drover does not run (it runs {})",
+                    spec.plugin,
+                    spec.operation,
+                    BUILT_IN.join(", ")
+                )
+            }),
+        None => BUILT_IN
+            .iter()
+            .copied()
+            .find(|b| *b == name)
+            .ok_or_else(|| format!("the deployment has no workflow {name}")),
+    }
+}
+
+/// The built-in of a workflow and its parameters: the declared parameters' defaults, then
+/// `given`.
+pub(crate) fn resolve(plan: &Plan, name: &str, given: &Map) -> Result<(&'static str, Map), String> {
+    let builtin = built_in(plan, name)?;
     let mut params = Map::new();
-    let builtin = match world.plan.workflows.get(name) {
-        Some(spec) => {
-            for (k, decl) in &spec.parameters {
-                if let Some(default) = decl.get("default") {
-                    params.insert(k.clone(), default.clone());
-                }
-            }
-            let short = spec
-                .operation
-                .strip_prefix("cloudify.plugins.workflows.")
-                .filter(|s| BUILT_IN.contains(s));
-            match short {
-                Some(s) => s.to_owned(),
-                None => {
-                    return Err(format!(
-                        "workflow {name} is implemented by {}.{}, which drover does not run (only the built-in cloudify.plugins.workflows.* are)",
-                        spec.plugin, spec.operation
-                    ));
-                }
+    if let Some(spec) = plan.workflows.get(name) {
+        for (k, decl) in &spec.parameters {
+            if let Some(default) = decl.get("default") {
+                params.insert(k.clone(), default.clone());
             }
         }
-        None if BUILT_IN.contains(&name) => name.to_owned(),
-        None => return Err(format!("the deployment has no workflow {name}")),
-    };
+    }
     for (k, v) in given {
         params.insert(k.clone(), v.clone());
     }
@@ -74,6 +95,15 @@ pub(crate) fn plan(world: &World, builtin: &str, params: &Map) -> Result<Workflo
         "stop" => vec![Phase::Stop {
             instances: Selection::All,
         }],
+        "reinstall" => vec![
+            Phase::Uninstall {
+                instances: Selection::All,
+                ignore_failure: flag(params, "ignore_failure")?,
+            },
+            Phase::Install {
+                instances: Selection::All,
+            },
+        ],
         "restart" => vec![
             Phase::Stop {
                 instances: Selection::All,
