@@ -7,7 +7,7 @@
 //! `cloudify.`-prefixed names and everything from Cloudify's basic types file, which later imports
 //! may redefine; inputs, outputs, node templates and capabilities merge from `cloudify_dsl_1_3` on.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -443,25 +443,35 @@ fn merge(
         let Value::Map(target) = &mut existing.1.value else {
             return Err(existing.1.mark.error(name, "expected a mapping"));
         };
+        let mut index: HashMap<String, usize> = target
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.name.clone(), i))
+            .collect();
         for (entry_key, entry) in entries {
-            merge_entry(target, name, entry_key, entry, imported.is_cloudify_types)?;
+            match index.get(&entry_key.name).and_then(|i| target.get_mut(*i)) {
+                Some(slot) => {
+                    merge_entry(slot, name, entry_key, entry, imported.is_cloudify_types)?
+                }
+                None => {
+                    index.insert(entry_key.name.clone(), target.len());
+                    target.push((entry_key, entry));
+                }
+            }
         }
     }
     Ok(())
 }
 
-/// Merges one entry of a section, by Cloudify's `_merge_into_dict_or_throw_on_duplicate`.
+/// Merges an entry into a section that already has one of its name, by Cloudify's
+/// `_merge_into_dict_or_throw_on_duplicate`.
 fn merge_entry(
-    target: &mut Vec<(Key, Node)>,
+    slot: &mut (Key, Node),
     section: &str,
     key: Key,
     entry: Node,
     from_cloudify_types: bool,
 ) -> Result<(), Error> {
-    let Some(slot) = target.iter_mut().find(|(k, _)| k.name == key.name) else {
-        target.push((key, entry));
-        return Ok(());
-    };
     if from_cloudify_types || key.name.starts_with("cloudify.") {
         slot.1 = entry;
         return Ok(());

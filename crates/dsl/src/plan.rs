@@ -230,10 +230,7 @@ impl Binder<'_> {
         for (interface, ops) in interfaces {
             for (name, op) in ops {
                 let full = format!("{interface}.{name}");
-                out.insert(
-                    full.clone(),
-                    self.operation(op, &full, &format!("{path}.{full}"))?,
-                );
+                out.insert(full.clone(), self.operation(op, &full, path)?);
             }
         }
         Ok(out)
@@ -266,13 +263,13 @@ impl Binder<'_> {
         match candidates.as_slice() {
             [plugin] => Ok(Target::Plugin((*plugin).clone(), implementation[plugin.len() + 1..].to_string())),
             [] => Err(mark.error(
-                path,
+                format!("{path}.{name}"),
                 format!(
                     "could not extract a plugin from {what} mapping '{implementation}', and no script of that path exists, for {what} '{name}'"
                 ),
             )),
             many => Err(mark.error(
-                path,
+                format!("{path}.{name}"),
                 format!("ambiguous {what} mapping '{implementation}' of '{name}': plugins {many:?} all match"),
             )),
         }
@@ -306,7 +303,7 @@ impl Binder<'_> {
             .keys()
             .find(|p| p.ends_with(SCRIPT_PLUGIN))
             .cloned()
-            .ok_or_else(|| mark.error(path, format!("the script plugin is not defined, but {what} '{name}' maps to the script '{implementation}'")))
+            .ok_or_else(|| mark.error(format!("{path}.{name}"), format!("the script plugin is not defined, but {what} '{name}' maps to the script '{implementation}'")))
     }
 
     fn operation(&self, op: &RawOperation, name: &str, path: &str) -> Result<Operation, Error> {
@@ -333,7 +330,7 @@ impl Binder<'_> {
             Target::Script(script) => {
                 if op.inputs.contains_key("script_path") || op.inputs.contains_key("script_source")
                 {
-                    return Err(op.mark.error(path, format!("operation '{name}' maps to the script '{script}' and cannot also set the script_path input")));
+                    return Err(op.mark.error(format!("{path}.{name}"), format!("operation '{name}' maps to the script '{script}' and cannot also set the script_path input")));
                 }
                 let key = if script.trim().contains('\n') {
                     "script_source"
@@ -745,19 +742,19 @@ fn workflows(
     let mut out = BTreeMap::new();
     let mut to_install = Vec::new();
     for (name, workflow) in &bp.workflows {
-        let path = format!("workflows.{name}");
+        let path = "workflows";
         let mut parameters = workflow.parameters.clone();
         let (plugin, operation) = match binder.resolve(
             &workflow.mapping,
             "workflow",
             name,
             &workflow.mark,
-            &path,
+            path,
         )? {
             Target::Plugin(plugin, mapping) => (plugin, mapping),
             Target::Script(script) => {
                 if parameters.contains_key("script_path") {
-                    return Err(workflow.mark.error(path, format!("workflow '{name}' maps to a script and cannot also have a script_path parameter")));
+                    return Err(workflow.mark.error(format!("{path}.{name}"), format!("workflow '{name}' maps to a script and cannot also have a script_path parameter")));
                 }
                 let mut spec = Map::new();
                 spec.insert("default".into(), Json::String(script.clone()));
@@ -767,7 +764,7 @@ fn workflows(
                 );
                 parameters.insert("script_path".into(), Json::Object(spec));
                 (
-                    binder.script_plugin(&script, "workflow", name, &workflow.mark, &path)?,
+                    binder.script_plugin(&script, "workflow", name, &workflow.mark, path)?,
                     SCRIPT_WORKFLOW.to_string(),
                 )
             }

@@ -6,6 +6,7 @@
 //! "billion laughs" document is rejected before it is materialised). Scalars are resolved with
 //! YAML 1.1 rules, as PyYAML (and so Cloudify) reads them: `yes`/`no`/`on`/`off` are booleans.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::rc::Rc;
 
@@ -210,7 +211,12 @@ struct Open {
     key: Option<Node>,
     /// Keys merged in with `<<`, applied (without overriding) when the mapping closes.
     merges: Vec<Node>,
+    /// Positions of a large mapping's keys, so that finding a repeated key stays O(1).
+    index: HashMap<String, usize>,
 }
+
+/// Mappings smaller than this find repeated keys by scanning.
+const INDEX_FROM: usize = 16;
 
 impl Builder {
     /// Handles one event; returns true at the end of the first document.
@@ -263,6 +269,7 @@ impl Builder {
                     anchor,
                     key: None,
                     merges: Vec::new(),
+                    index: HashMap::new(),
                 });
             }
             Event::SequenceEnd | Event::MappingEnd => {
@@ -330,15 +337,32 @@ impl Builder {
             return Ok(());
         }
         if let Value::Map(entries) = &mut open.node.value {
-            match entries.iter_mut().find(|(k, _)| k.name == name) {
+            if entries.len() >= INDEX_FROM && open.index.is_empty() {
+                open.index = entries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (k, _))| (k.name.clone(), i))
+                    .collect();
+            }
+            let existing = if open.index.is_empty() {
+                entries.iter().position(|(k, _)| k.name == name)
+            } else {
+                open.index.get(&name).copied()
+            };
+            match existing.and_then(|i| entries.get_mut(i)) {
                 Some(entry) => entry.1 = node,
-                None => entries.push((
-                    Key {
-                        name,
-                        mark: key.mark,
-                    },
-                    node,
-                )),
+                None => {
+                    if !open.index.is_empty() {
+                        open.index.insert(name.clone(), entries.len());
+                    }
+                    entries.push((
+                        Key {
+                            name,
+                            mark: key.mark,
+                        },
+                        node,
+                    ));
+                }
             }
         }
         Ok(())
