@@ -2,7 +2,7 @@
 //!
 //! It is the one entry point for both the embedded mode (`drover local` calls it in-process)
 //! and the agent (issue 4 calls it for each task consumed from the bus). Layers, outermost
-//! first: deduplication of re-sent tasks ([`TaskMemo`]), dry run, then the plugin the task
+//! first: deduplication of re-sent tasks (`TaskMemo`), dry run, then the plugin the task
 //! names.
 
 use std::io;

@@ -44,7 +44,7 @@ pub use state::{CtxOutcome, CtxState, StopRequest};
 /// The file name under which an executable acts as the `ctx` client.
 pub const CTX_COMMAND: &str = "ctx";
 
-/// When this process was started as `ctx` (argv[0]'s file name), runs the ctx client and exits
+/// When this process was started as `ctx` (the file name of `argv[0]`), runs the ctx client and exits
 /// with its status; otherwise returns at once. Call it first in `main`.
 pub fn main_if_invoked_as_ctx() {
     let mut args = std::env::args_os();
