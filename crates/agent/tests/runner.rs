@@ -182,7 +182,7 @@ async fn timeout_kills_the_whole_process_group() {
         &format!("(sleep 2; touch '{marker}') &\necho started\nsleep 30\n"),
     );
     let mut task = f.task("t1", "hang.sh", json!({}));
-    task.timeout_s = Some(0.5);
+    task.timeout_s = Some(1.0);
     let started = Instant::now();
     let result = f.runner.run(task).await;
     let (error, recoverable, _) = failure(&result);
@@ -426,6 +426,25 @@ ctx instance runtime-properties still works
     assert!(errors.contains("node properties are read-only"), "{errors}");
 }
 
+/// Runs `task` until the script has appended its `n`th line to `runs`, then drops the run.
+async fn cancel_once_started(f: &Fixture, task: OperationTask, runs: &str, n: usize) {
+    let run = f.runner.run(task);
+    tokio::pin!(run);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        tokio::select! {
+            result = &mut run => panic!("the script ended: {result:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                let lines = std::fs::read_to_string(runs).unwrap_or_default().lines().count();
+                if lines >= n {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "the script did not start");
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_cancelled_run_kills_its_processes_and_may_run_again() {
     let f = Fixture::new();
@@ -433,20 +452,17 @@ async fn a_cancelled_run_kills_its_processes_and_may_run_again() {
     let runs = f.path("runs");
     f.script(
         "slow.sh",
-        &format!("echo run >> '{runs}'\n(sleep 1; touch '{marker}') &\nsleep 30\n"),
+        &format!("(sleep 1; touch '{marker}') &\necho run >> '{runs}'\nsleep 30\n"),
     );
     let task = f.task("t1", "slow.sh", json!({}));
-    let cancelled =
-        tokio::time::timeout(Duration::from_millis(500), f.runner.run(task.clone())).await;
-    assert!(cancelled.is_err());
+    cancel_once_started(&f, task.clone(), &runs, 1).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
         !Path::new(&marker).exists(),
         "the script's group outlived the cancelled run"
     );
     // The first run never finished, so a re-send runs it again.
-    let again = tokio::time::timeout(Duration::from_millis(500), f.runner.run(task)).await;
-    assert!(again.is_err());
+    cancel_once_started(&f, task, &runs, 2).await;
     assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\nrun\n");
 }
 
