@@ -7,6 +7,7 @@
 //! function whose arguments still hold a runtime function (`concat` of a `get_attribute`) is kept,
 //! with its arguments evaluated as far as they go.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 
 use serde_json::Value as Json;
@@ -81,6 +82,8 @@ pub struct Context<'a> {
     pub self_node: Option<&'a str>,
     pub source: Option<&'a str>,
     pub target: Option<&'a str>,
+    /// Shared by every evaluation of one plan.
+    pub budget: &'a Budget,
 }
 
 impl Context<'_> {
@@ -91,7 +94,49 @@ impl Context<'_> {
             self_node: Some(node),
             source: None,
             target: None,
+            budget: self.budget,
         }
+    }
+}
+
+/// The most values `get_input` and `get_property` may copy into one plan. Without a bound, a few
+/// thousand references to one large property would multiply it past any memory.
+const MAX_COPIED_VALUES: usize = 10_000_000;
+
+/// Counts the values functions copy into a plan.
+pub struct Budget {
+    spent: Cell<usize>,
+    limit: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            spent: Cell::new(0),
+            limit: MAX_COPIED_VALUES,
+        }
+    }
+}
+
+impl Budget {
+    fn charge(&self, value: &Json) -> Result<(), String> {
+        let spent = self.spent.get().saturating_add(size(value));
+        self.spent.set(spent);
+        if spent > self.limit {
+            return Err(format!(
+                "functions copy more than {} values into the plan (get_property or get_input of large values, many times)",
+                self.limit
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn size(value: &Json) -> usize {
+    match value {
+        Json::Array(items) => 1 + items.iter().map(size).sum::<usize>(),
+        Json::Object(map) => 1 + map.values().map(size).sum::<usize>(),
+        _ => 1,
     }
 }
 
@@ -174,9 +219,10 @@ fn get_input(args: &Json, ctx: &Context<'_>, chain: usize) -> Result<Json, Strin
     let Some(value) = value else {
         return Err(format!("input '{name}' has no value and no default"));
     };
-    walk(value, path)
-        .cloned()
-        .ok_or_else(|| format!("get_input: input '{name}' has no {}", show_path(path)))
+    let value = walk(value, path)
+        .ok_or_else(|| format!("get_input: input '{name}' has no {}", show_path(path)))?;
+    ctx.budget.charge(value)?;
+    Ok(value.clone())
 }
 
 fn get_property(args: &Json, ctx: &Context<'_>, chain: usize) -> Result<Json, String> {
@@ -230,12 +276,14 @@ fn get_property(args: &Json, ctx: &Context<'_>, chain: usize) -> Result<Json, St
     // A property may itself be a function of its node.
     let ctx = ctx.with_self(node_name);
     let value = eval(value, &ctx, chain + 1)?;
-    walk(&value, rest).cloned().ok_or_else(|| {
+    let value = walk(&value, rest).ok_or_else(|| {
         format!(
             "get_property: property '{first}' of node '{node_name}' has no {}",
             show_path(rest)
         )
-    })
+    })?;
+    ctx.budget.charge(value)?;
+    Ok(value.clone())
 }
 
 /// Follows keys and indexes into a value.
@@ -353,7 +401,9 @@ mod tests {
             .map(|(k, v)| (*k, v.as_object().cloned().unwrap_or_default()))
             .collect();
         let nodes: HashMap<&str, &Map> = props.iter().map(|(k, v)| (*k, v)).collect();
+        let budget = Budget::default();
         let ctx = Context {
+            budget: &budget,
             inputs: &inputs,
             nodes: &nodes,
             self_node: Some("a"),
@@ -389,6 +439,31 @@ mod tests {
             kept,
             Ok(json!({"concat": ["x", {"get_attribute": ["SELF", "ip"]}]}))
         );
+    }
+
+    #[test]
+    fn copies_are_bounded() {
+        let inputs: HashMap<String, Option<Json>> =
+            [("big".to_string(), Some(json!([1, 2, 3, 4])))]
+                .into_iter()
+                .collect();
+        let nodes = HashMap::new();
+        let budget = Budget {
+            spent: Cell::new(0),
+            limit: 12,
+        };
+        let ctx = Context {
+            inputs: &inputs,
+            nodes: &nodes,
+            self_node: None,
+            source: None,
+            target: None,
+            budget: &budget,
+        };
+        let twice = json!([{"get_input": "big"}, {"get_input": "big"}]);
+        assert!(evaluate(&twice, &ctx).is_ok());
+        let err = evaluate(&twice, &ctx).err().unwrap_or_default();
+        assert!(err.contains("more than 12 values"), "{err}");
     }
 
     #[test]

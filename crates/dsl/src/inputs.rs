@@ -13,9 +13,9 @@ use crate::yaml::Mark;
 use drover_model::Map;
 
 /// The value of every defined input: the given one, else the default, else `None` (allowed only
-/// for inputs with `required: false`).
+/// for inputs with `required: false`). `mark` locates errors about inputs given but not defined.
 pub fn values(
-    definitions: &IndexMap<String, Map>,
+    definitions: &IndexMap<String, (Map, Mark)>,
     given: &Map,
     data_types: &HashMap<String, Derived>,
     mark: &Mark,
@@ -31,9 +31,9 @@ pub fn values(
             format!("unknown inputs given: {}", unknown.join(", ")),
         ));
     }
-    let mut missing = Vec::new();
+    let mut missing: Vec<(&str, &Mark)> = Vec::new();
     let mut out = HashMap::with_capacity(definitions.len());
-    for (name, definition) in definitions {
+    for (name, (definition, mark)) in definitions {
         let path = format!("inputs.{name}");
         let value = given
             .get(name)
@@ -41,7 +41,7 @@ pub fn values(
             .cloned();
         let Some(value) = value else {
             if definition.get("required") != Some(&Json::Bool(false)) {
-                missing.push(name.as_str());
+                missing.push((name.as_str(), mark));
             }
             out.insert(name.clone(), None);
             continue;
@@ -65,12 +65,13 @@ pub fn values(
         }
         out.insert(name.clone(), Some(value));
     }
-    if !missing.is_empty() {
+    if let Some((first, mark)) = missing.first() {
+        let names: Vec<&str> = missing.iter().map(|(n, _)| *n).collect();
         return Err(mark.error(
-            "inputs",
+            format!("inputs.{first}"),
             format!(
                 "required inputs have no value and no default: {}",
-                missing.join(", ")
+                names.join(", ")
             ),
         ));
     }
@@ -143,9 +144,19 @@ fn simple_pattern(pattern: &str, value: &str) -> bool {
     let Some(atoms) = compile(pattern) else {
         return true;
     };
+    if atoms.len() > MAX_PATTERN_PIECES {
+        return true;
+    }
     let chars: Vec<char> = value.chars().collect();
-    match_here(&atoms, &chars)
+    let mut steps = 0;
+    match_here(&atoms, &chars, &mut steps).unwrap_or(true)
 }
+
+/// Longer patterns are not checked (the matcher recurses once per piece).
+const MAX_PATTERN_PIECES: usize = 256;
+/// Matching steps allowed before a pattern is given up on (and not checked), so that a
+/// pathological pattern cannot hang planning.
+const MAX_PATTERN_STEPS: usize = 1_000_000;
 
 #[derive(Debug, Clone)]
 enum Atom {
@@ -242,14 +253,14 @@ fn matches_atom(atom: &Atom, c: char) -> bool {
     }
 }
 
-/// Backtracking match of pieces against the start of `text`. Greedy repetitions are bounded by
-/// the text length, so the work is polynomial for these patterns.
-fn match_here(pieces: &[Piece], text: &[char]) -> bool {
+/// Backtracking match of pieces against the start of `text`; `None` when it takes more than
+/// `MAX_PATTERN_STEPS`.
+fn match_here(pieces: &[Piece], text: &[char], steps: &mut usize) -> Option<bool> {
     let Some((piece, rest)) = pieces.split_first() else {
-        return true;
+        return Some(true);
     };
     if let Atom::End = piece.atom {
-        return text.is_empty();
+        return Some(text.is_empty());
     }
     let mut count = 0;
     while count < piece.max
@@ -261,11 +272,15 @@ fn match_here(pieces: &[Piece], text: &[char]) -> bool {
         count += 1;
     }
     loop {
-        if count >= piece.min && match_here(rest, text.get(count..).unwrap_or_default()) {
-            return true;
+        *steps += 1;
+        if *steps > MAX_PATTERN_STEPS {
+            return None;
+        }
+        if count >= piece.min && match_here(rest, text.get(count..).unwrap_or_default(), steps)? {
+            return Some(true);
         }
         if count == 0 || count <= piece.min {
-            return false;
+            return Some(false);
         }
         count -= 1;
     }

@@ -18,7 +18,8 @@ use drover_model::Map;
 pub struct Blueprint {
     pub version: Version,
     pub description: Option<String>,
-    pub inputs: IndexMap<String, Map>,
+    /// Input definitions, with where each is defined.
+    pub inputs: IndexMap<String, (Map, Mark)>,
     pub plugins: IndexMap<String, Map>,
     pub node_types: IndexMap<String, TypeDef>,
     pub relationships: IndexMap<String, TypeDef>,
@@ -354,8 +355,9 @@ pub fn blueprint(document: &Node, version: Version) -> Result<Blueprint, Error> 
                 for (name, input) in entries(value, path, "inputs")? {
                     let p = join(path, &name.name);
                     fields(input, &p, "an input", INPUT, v)?;
+                    let definition = json_map(input, &p, "an input")?;
                     bp.inputs
-                        .insert(name.name.clone(), json_map(input, &p, "an input")?);
+                        .insert(name.name.clone(), (definition, name.mark.clone()));
                 }
             }
             "plugins" => {

@@ -9,7 +9,7 @@ use indexmap::IndexMap;
 use serde_json::Value as Json;
 
 use crate::error::Error;
-use crate::functions::{self, Context};
+use crate::functions::{self, Budget, Context};
 use crate::parse::{Blueprint, Interfaces, RawOperation};
 use crate::types::{self, Derived};
 use crate::yaml::Mark;
@@ -130,7 +130,8 @@ pub fn make(
         });
     }
     set_host_ids(&mut nodes, bp)?;
-    evaluate_nodes(&mut nodes, bp, &input_values)?;
+    let budget = Budget::default();
+    evaluate_nodes(&mut nodes, bp, &input_values, &budget)?;
     set_node_plugins(&mut nodes, &bp.plugins);
 
     let empty_nodes = HashMap::new();
@@ -140,6 +141,7 @@ pub fn make(
         self_node: None,
         source: None,
         target: None,
+        budget: &budget,
     };
     let raw_props: Vec<(&str, &Map)> = nodes
         .iter()
@@ -163,7 +165,7 @@ pub fn make(
         inputs: bp
             .inputs
             .iter()
-            .map(|(k, v)| (k.clone(), Json::Object(v.clone())))
+            .map(|(k, (v, _))| (k.clone(), Json::Object(v.clone())))
             .collect(),
         outputs,
         capabilities,
@@ -453,6 +455,7 @@ fn evaluate_nodes(
     nodes: &mut [PlanNode],
     bp: &Blueprint,
     inputs: &HashMap<String, Option<Json>>,
+    budget: &Budget,
 ) -> Result<(), Error> {
     let raw: Vec<Map> = nodes.iter().map(|n| n.properties.clone()).collect();
     let names: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
@@ -467,6 +470,7 @@ fn evaluate_nodes(
             self_node: Some(node.id.as_str()),
             source: None,
             target: None,
+            budget,
         };
         let located = |m: String, field: &str| mark.error(format!("{path}.{field}"), m);
         let evaluated =
@@ -485,17 +489,14 @@ fn evaluate_nodes(
         }
         let self_name = node.id.clone();
         for rel in node.relationships.iter_mut() {
+            let target = rel.target_id.clone();
             let rel_ctx = Context {
                 inputs,
                 nodes: &by_name,
                 self_node: Some(self_name.as_str()),
                 source: Some(self_name.as_str()),
-                target: Some(rel.target_id.as_str()),
-            };
-            let target = rel.target_id.clone();
-            let rel_ctx = Context {
                 target: Some(target.as_str()),
-                ..rel_ctx
+                budget,
             };
             if let Json::Object(map) =
                 functions::evaluate(&Json::Object(std::mem::take(&mut rel.properties)), &rel_ctx)

@@ -285,6 +285,7 @@ fn inputs_are_checked() {
             .contains("required inputs have no value and no default: n, m"),
         "{e}"
     );
+    assert_eq!(at(&e), (3, 3, "inputs.n".into()));
     let mut options = Options::default();
     options.inputs.insert("n".into(), json!(1));
     options.inputs.insert("m".into(), json!("x"));
