@@ -1,4 +1,6 @@
 //! What the broker tests share: where RabbitMQ is.
+// Each test binary compiles this module and uses only a part of it.
+#![allow(dead_code)]
 
 use std::time::Duration;
 
