@@ -137,15 +137,6 @@ impl Node {
             ),
         }
     }
-
-    /// Counts the nodes of this tree (itself included).
-    fn size(&self) -> usize {
-        match &self.value {
-            Value::Seq(items) => 1 + items.iter().map(Node::size).sum::<usize>(),
-            Value::Map(entries) => 1 + entries.iter().map(|(_, v)| 1 + v.size()).sum::<usize>(),
-            _ => 1,
-        }
-    }
 }
 
 /// Loads the first document of `text` (an empty document is `null`). `file` names the file in
@@ -197,15 +188,28 @@ pub fn load(text: &str, file: Option<Rc<Path>>) -> Result<Node, Error> {
 #[derive(Default)]
 struct Builder {
     stack: Vec<Open>,
-    /// Anchored nodes by anchor id, with their sizes (for the alias budget).
-    anchors: Vec<Option<(Node, usize)>>,
+    /// Anchored nodes by anchor id.
+    anchors: Vec<Option<Built>>,
     nodes: usize,
     root: Option<Node>,
+}
+
+/// A finished node, with how many values it holds and how deep it nests (for the guards, which
+/// an alias must pass without the tree being walked).
+#[derive(Clone)]
+struct Built {
+    node: Node,
+    size: usize,
+    height: usize,
 }
 
 /// A collection being built.
 struct Open {
     node: Node,
+    /// Values in it so far (itself included).
+    size: usize,
+    /// Nesting below it so far.
+    height: usize,
     anchor: usize,
     /// A mapping's key waiting for its value.
     key: Option<Node>,
@@ -225,15 +229,22 @@ impl Builder {
             Event::StreamStart | Event::DocumentStart(_) | Event::Nothing => {}
             Event::StreamEnd | Event::DocumentEnd => return Ok(true),
             Event::Alias(id) => {
-                let Some(Some((_, size))) = self.anchors.get(id) else {
+                let Some(Some(anchored)) = self.anchors.get(id) else {
                     return Err(mark.error("", "invalid YAML: unknown alias"));
                 };
-                self.count(*size, &mark)?;
-                let Some(Some((node, _))) = self.anchors.get(id) else {
+                let (size, height) = (anchored.size, anchored.height);
+                if self.stack.len() + height > MAX_DEPTH {
+                    return Err(mark.error(
+                        "",
+                        format!("the document nests deeper than {MAX_DEPTH} levels"),
+                    ));
+                }
+                self.count(size, &mark)?;
+                let Some(Some(anchored)) = self.anchors.get(id) else {
                     return Err(mark.error("", "invalid YAML: unknown alias"));
                 };
-                let node = Node::new(node.value.clone(), mark);
-                self.add(node)?;
+                let node = Node::new(anchored.node.value.clone(), mark);
+                self.add(Built { node, size, height })?;
             }
             Event::Scalar(text, style, anchor, tag) => {
                 self.count(1, &mark)?;
@@ -247,9 +258,13 @@ impl Builder {
                 } else {
                     Value::Str(text.into_owned())
                 };
-                let node = Node::new(value, mark);
-                self.remember(anchor, &node, 1);
-                self.add(node)?;
+                let built = Built {
+                    node: Node::new(value, mark),
+                    size: 1,
+                    height: 0,
+                };
+                self.remember(anchor, &built)?;
+                self.add(built)?;
             }
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
                 self.count(1, &mark)?;
@@ -266,6 +281,8 @@ impl Builder {
                 };
                 self.stack.push(Open {
                     node: Node::new(value, mark),
+                    size: 1,
+                    height: 0,
                     anchor,
                     key: None,
                     merges: Vec::new(),
@@ -277,9 +294,13 @@ impl Builder {
                     return Err(mark.error("", "invalid YAML: unbalanced collection"));
                 };
                 apply_merges(&mut open)?;
-                let size = open.node.size();
-                self.remember(open.anchor, &open.node, size);
-                self.add(open.node)?;
+                let built = Built {
+                    node: open.node,
+                    size: open.size,
+                    height: open.height,
+                };
+                self.remember(open.anchor, &built)?;
+                self.add(built)?;
             }
         }
         Ok(false)
@@ -296,24 +317,31 @@ impl Builder {
         Ok(())
     }
 
-    fn remember(&mut self, anchor: usize, node: &Node, size: usize) {
+    /// Keeps a copy of an anchored node; the copy counts against the node budget, so that
+    /// nested anchors cannot multiply a large value either.
+    fn remember(&mut self, anchor: usize, built: &Built) -> Result<(), Error> {
         if anchor == 0 {
-            return;
+            return Ok(());
         }
+        self.count(built.size, &built.node.mark)?;
         if self.anchors.len() <= anchor {
             self.anchors.resize(anchor + 1, None);
         }
         if let Some(slot) = self.anchors.get_mut(anchor) {
-            *slot = Some((node.clone(), size));
+            *slot = Some(built.clone());
         }
+        Ok(())
     }
 
     /// Adds a finished node to the collection being built (or makes it the root).
-    fn add(&mut self, node: Node) -> Result<(), Error> {
+    fn add(&mut self, built: Built) -> Result<(), Error> {
         let Some(open) = self.stack.last_mut() else {
-            self.root = Some(node);
+            self.root = Some(built.node);
             return Ok(());
         };
+        open.size = open.size.saturating_add(built.size);
+        open.height = open.height.max(built.height + 1);
+        let node = built.node;
         if let Value::Seq(items) = &mut open.node.value {
             items.push(node);
             return Ok(());
@@ -572,6 +600,41 @@ mod tests {
         assert!(err.contains("nests deeper"), "{err}");
         // Deeper flow nesting stops in the YAML scanner, also as an error.
         assert!(load(&"[".repeat(1_000_000), None).is_err());
+    }
+
+    #[test]
+    fn aliases_cannot_nest_past_the_depth_limit() {
+        // Each anchor nests the previous one 10 levels deeper.
+        let mut text = String::from("a0: &a0 x\n");
+        for i in 1..40 {
+            let p = i - 1;
+            text.push_str(&format!(
+                "a{i}: &a{i} {}*a{p}{}\n",
+                "[".repeat(10),
+                "]".repeat(10)
+            ));
+        }
+        let err = load(&text, None)
+            .err()
+            .map(|e| e.message)
+            .unwrap_or_default();
+        assert!(err.contains("nests deeper"), "{err}");
+    }
+
+    #[test]
+    fn nested_anchors_count_their_copies() {
+        // 100 nested anchored mappings around one large list: each anchor keeps a copy.
+        let list = format!("[{}]", vec!["1"; 30_000].join(", "));
+        let mut text = String::new();
+        for i in 0..100 {
+            text.push_str(&format!("{}k{i}: &k{i}\n", "  ".repeat(i)));
+        }
+        text.push_str(&format!("{}v: {list}\n", "  ".repeat(100)));
+        let err = load(&text, None)
+            .err()
+            .map(|e| e.message)
+            .unwrap_or_default();
+        assert!(err.contains("alias bomb"), "{err}");
     }
 
     #[test]
