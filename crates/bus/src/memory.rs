@@ -31,6 +31,7 @@ impl MemoryBus {
                 Exchange {
                     kind: exchange.kind,
                     bindings: Vec::new(),
+                    ring: Vec::new(),
                 },
             );
         }
@@ -131,6 +132,8 @@ struct Exchange {
     kind: ExchangeKind,
     /// (binding key, queue)
     bindings: Vec<(String, String)>,
+    /// For a consistent-hash exchange, its bindings' ring, rebuilt when they change.
+    ring: Vec<(u64, String)>,
 }
 
 struct Queue {
@@ -169,6 +172,9 @@ impl Broker {
                 let entry = (binding.key, spec.name.clone());
                 if !exchange.bindings.contains(&entry) {
                     exchange.bindings.push(entry);
+                    if exchange.kind == ExchangeKind::ConsistentHash {
+                        exchange.ring = hash_ring(&exchange.bindings);
+                    }
                 }
             }
         }
@@ -195,7 +201,7 @@ impl Broker {
                 .map(|(_, queue)| queue.clone())
                 .collect(),
             ExchangeKind::Fanout => bound.map(|(_, queue)| queue.clone()).collect(),
-            ExchangeKind::ConsistentHash => consistent_hash(&exchange_state.bindings, key)
+            ExchangeKind::ConsistentHash => consistent_hash(&exchange_state.ring, key)
                 .into_iter()
                 .collect(),
         })
@@ -262,26 +268,30 @@ impl Broker {
     }
 }
 
-/// Picks the bound queue for `key` on a hash ring where each queue owns points in
-/// proportion to its weight (the binding key); stable for a given set of bindings.
-fn consistent_hash(bindings: &[(String, String)], key: &str) -> Option<String> {
+/// A hash ring where each queue owns points in proportion to its weight (the binding key).
+fn hash_ring(bindings: &[(String, String)]) -> Vec<(u64, String)> {
     const POINTS_PER_WEIGHT: u64 = 16;
-    let mut ring: Vec<(u64, &str)> = Vec::new();
+    let mut ring = Vec::new();
     for (weight, queue) in bindings {
         let points = weight.parse::<u64>().unwrap_or(1).clamp(1, 1000) * POINTS_PER_WEIGHT;
         ring.extend((0..points).map(|i| {
             (
                 stable_hash(format!("{queue}#{i}").as_bytes()),
-                queue.as_str(),
+                queue.clone(),
             )
         }));
     }
     ring.sort_unstable();
+    ring
+}
+
+/// The queue owning the first point at or after the key's hash: stable for a given ring.
+fn consistent_hash(ring: &[(u64, String)], key: &str) -> Option<String> {
     let hash = stable_hash(key.as_bytes());
-    ring.iter()
-        .find(|(point, _)| *point >= hash)
+    let index = ring.partition_point(|(point, _)| *point < hash);
+    ring.get(index)
         .or_else(|| ring.first())
-        .map(|(_, queue)| queue.to_string())
+        .map(|(_, queue)| queue.clone())
 }
 
 /// FNV-1a, 64 bits, then MurmurHash3's finaliser to spread similar keys apart: stable across
@@ -416,8 +426,9 @@ mod tests {
             ("1".to_string(), "a".to_string()),
             ("3".to_string(), "b".to_string()),
         ];
+        let ring = hash_ring(&bindings);
         let to_b = (0..4000)
-            .filter(|i| consistent_hash(&bindings, &format!("agent-{i}")).as_deref() == Some("b"))
+            .filter(|i| consistent_hash(&ring, &format!("agent-{i}")).as_deref() == Some("b"))
             .count();
         assert!(
             (2400..3600).contains(&to_b),
