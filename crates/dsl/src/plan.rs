@@ -132,7 +132,7 @@ pub fn make(
     set_host_ids(&mut nodes, bp)?;
     let budget = Budget::default();
     evaluate_nodes(&mut nodes, bp, &input_values, &budget)?;
-    set_node_plugins(&mut nodes, &bp.plugins);
+    set_node_plugins(&mut nodes, &bp.plugins, bp)?;
 
     let empty_nodes = HashMap::new();
     let plain = Context {
@@ -597,51 +597,83 @@ fn scaling_properties(
     })
 }
 
-/// Plugins each node uses, and those its host must install.
-fn set_node_plugins(nodes: &mut [PlanNode], plugins: &IndexMap<String, Map>) {
-    let plugin_json = |name: &str| plugins.get(name).map(|p| Json::Object(p.clone()));
-    let mut by_node: HashMap<String, Vec<String>> = HashMap::new();
-    for node in nodes.iter() {
-        let used = by_node.entry(node.id.clone()).or_default();
-        for op in node.operations.values() {
-            add_name(used, &op.plugin);
-        }
-        for rel in &node.relationships {
-            for op in rel.source_operations.values() {
-                add_name(used, &op.plugin);
-            }
-        }
-    }
-    for node in nodes.iter() {
-        for rel in &node.relationships {
-            let used = by_node.entry(rel.target_id.clone()).or_default();
-            for op in rel.target_operations.values() {
-                add_name(used, &op.plugin);
-            }
-        }
-    }
-    let mut host_plugins: HashMap<String, Vec<Json>> = HashMap::new();
-    for node in nodes.iter_mut() {
-        let names = by_node.remove(&node.id).unwrap_or_default();
-        node.plugins = names.iter().filter_map(|n| plugin_json(n)).collect();
-        let installable = |p: &&Json| p.get("install") != Some(&Json::Bool(false));
-        node.deployment_plugins_to_install = node
-            .plugins
+/// Plugins each node uses (Cloudify's `get_plugins_from_operations`: one entry per plugin and
+/// executor, the operation's executor replacing the plugin's), those its host must install, and
+/// the check that a node without a host uses no `host_agent` plugin.
+fn set_node_plugins(
+    nodes: &mut [PlanNode],
+    plugins: &IndexMap<String, Map>,
+    bp: &Blueprint,
+) -> Result<(), Error> {
+    let index: HashMap<String, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.clone(), i))
+        .collect();
+    let mut used: Vec<Vec<(String, Option<String>)>> = vec![Vec::new(); nodes.len()];
+    for (i, node) in nodes.iter().enumerate() {
+        let source_ops = node
+            .relationships
             .iter()
-            .filter(|p| p.get("executor").and_then(Json::as_str) == Some(CENTRAL))
-            .filter(installable)
-            .cloned()
+            .flat_map(|r| r.source_operations.values());
+        for op in node.operations.values().chain(source_ops) {
+            add_use(&mut used, i, op);
+        }
+        for rel in &node.relationships {
+            if let Some(&target) = index.get(&rel.target_id) {
+                for op in rel.target_operations.values() {
+                    add_use(&mut used, target, op);
+                }
+            }
+        }
+    }
+    let executor_of = |p: &Json| p.get("executor").and_then(Json::as_str).map(str::to_string);
+    let mut host_plugins: HashMap<String, Vec<Json>> = HashMap::new();
+    for (node, uses) in nodes.iter_mut().zip(used) {
+        node.plugins = uses
+            .into_iter()
+            .filter_map(|(name, executor)| {
+                let mut plugin = plugins.get(&name)?.clone();
+                plugin.insert("executor".into(), executor.map_or(Json::Null, Json::String));
+                Some(Json::Object(plugin))
+            })
             .collect();
-        if let Some(host) = &node.host_id {
-            let list = host_plugins.entry(host.clone()).or_default();
-            let host_agent: Vec<Json> = node
-                .plugins
+        let with_executor = |executor: &str| -> Vec<Json> {
+            node.plugins
                 .iter()
-                .filter(|p| p.get("executor").and_then(Json::as_str) == Some(HOST_AGENT))
-                .filter(installable)
+                .filter(|p| executor_of(p).as_deref() == Some(executor))
+                .filter(|p| p.get("install") != Some(&Json::Bool(false)))
                 .cloned()
-                .collect();
-            push_unique(list, &host_agent);
+                .collect()
+        };
+        node.deployment_plugins_to_install = with_executor(CENTRAL);
+        let host_agent = with_executor(HOST_AGENT);
+        match &node.host_id {
+            Some(host) => push_unique(host_plugins.entry(host.clone()).or_default(), &host_agent),
+            None => {
+                if let Some(plugin) = node
+                    .plugins
+                    .iter()
+                    .find(|p| executor_of(p).as_deref() == Some(HOST_AGENT))
+                {
+                    let name = plugin
+                        .get("name")
+                        .and_then(Json::as_str)
+                        .unwrap_or_default();
+                    let mark = bp
+                        .node_templates
+                        .get(&node.id)
+                        .map(|t| t.mark.clone())
+                        .unwrap_or_default();
+                    return Err(mark.error(
+                        format!("node_templates.{}", node.id),
+                        format!(
+                            "node template '{}' is not contained in a host (a cloudify.nodes.Compute), but uses plugin '{name}' with the host_agent executor, which runs on its host's agent",
+                            node.id
+                        ),
+                    ));
+                }
+            }
         }
     }
     for node in nodes.iter_mut() {
@@ -649,11 +681,18 @@ fn set_node_plugins(nodes: &mut [PlanNode], plugins: &IndexMap<String, Map>) {
             node.plugins_to_install = host_plugins.remove(&node.id).unwrap_or_default();
         }
     }
+    Ok(())
 }
 
-fn add_name(names: &mut Vec<String>, plugin: &str) {
-    if !plugin.is_empty() && !names.iter().any(|n| n == plugin) {
-        names.push(plugin.to_string());
+/// Records that node `i` uses an operation's plugin with the operation's executor.
+fn add_use(used: &mut [Vec<(String, Option<String>)>], i: usize, op: &Operation) {
+    if op.plugin.is_empty() {
+        return;
+    }
+    let Some(list) = used.get_mut(i) else { return };
+    let key = (op.plugin.clone(), op.executor.clone());
+    if !list.contains(&key) {
+        list.push(key);
     }
 }
 

@@ -576,3 +576,26 @@ fn relationship_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn host_agent_plugins_need_a_host() {
+    let text = "tosca_definitions_version: cloudify_dsl_1_3\nplugins:\n  h: {executor: host_agent}\nnode_types:\n  t: {}\nnode_templates:\n  lonely:\n    type: t\n    interfaces:\n      i:\n        o: h.task\n";
+    let e = error(text);
+    assert!(e.message.contains("not contained in a host"), "{e}");
+    assert_eq!(at(&e).2, "node_templates.lonely");
+    // The operation's own executor wins over the plugin's.
+    let central = text.replace(
+        "o: h.task",
+        "o: {implementation: h.task, executor: central_deployment_agent}",
+    );
+    let p = plan(&central);
+    let plugin = node(&p, "lonely")
+        .plugins
+        .first()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        plugin.get("executor"),
+        Some(&json!("central_deployment_agent"))
+    );
+}
