@@ -154,7 +154,9 @@ plugins:
   h:
     executor: host_agent
 node_types:
+  cloudify.nodes.Compute: {}
   base:
+    derived_from: cloudify.nodes.Compute
     properties:
       x: {default: 1}
     interfaces:
@@ -205,7 +207,10 @@ fn operations_merge_as_cloudify_merges_them() {
         "an empty operation in a derived type erases the inherited one"
     );
     assert_eq!(ops.get("i.op4").map(|o| o.operation.as_str()), Some("four"));
-    assert_eq!(node(&p, "n").type_hierarchy, ["base", "derived"]);
+    assert_eq!(
+        node(&p, "n").type_hierarchy,
+        ["cloudify.nodes.Compute", "base", "derived"]
+    );
 }
 
 #[test]
@@ -433,7 +438,7 @@ fn resolver_rules_and_spec_mirror_map_urls_to_directories() {
     write(
         &dir,
         "mirror/plugins/mine/plugin.yaml",
-        "plugins:\n  mine: {executor: host_agent}\n",
+        "plugins:\n  mine: {executor: central_deployment_agent}\n",
     );
     write(&dir, "rules/x.yaml", "node_types:\n  t: {}\n");
     let options = Options {
