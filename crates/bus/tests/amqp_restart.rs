@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use drover_bus::{Bus, ConsumeOptions, Message};
+use drover_bus::{AmqpBus, Bus, ConsumeOptions, Message};
 use futures_util::future::try_join_all;
 
 const BATCH: usize = 200;
@@ -23,7 +23,11 @@ const BATCHES_AFTER: usize = 20;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs RabbitMQ and restarts it: run with --ignored and DROVER_AMQP_URL set (scripts/test does)"]
 async fn broker_restart_loses_no_confirmed_message() {
-    let bus = Arc::new(common::connect(drover_bus::suite::topology("restart")).await);
+    // Longer than a restart takes on a loaded 2-core machine (scripts/rabbitmq waits up to 90 s
+    // for the start alone).
+    let options = common::options(drover_bus::suite::topology("restart"))
+        .with_reconnect_budget(Duration::from_secs(180));
+    let bus = Arc::new(AmqpBus::connect(options).await.expect("connect"));
     let topology = bus.topology().clone();
 
     let published = Arc::new(AtomicUsize::new(0));

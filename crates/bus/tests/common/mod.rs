@@ -21,9 +21,8 @@ pub fn broker_url() -> String {
 }
 
 pub fn options(topology: Topology) -> AmqpOptions {
-    let mut options = AmqpOptions::new(broker_url(), topology);
-    options.reconnect_budget = Duration::from_secs(60);
-    options
+    // Short, so that a wrong URL fails the tests soon; the restart test sets a longer one.
+    AmqpOptions::new(broker_url(), topology).with_reconnect_budget(Duration::from_secs(15))
 }
 
 pub async fn connect(topology: Topology) -> AmqpBus {
