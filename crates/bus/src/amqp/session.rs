@@ -19,6 +19,9 @@ use super::{AmqpOptions, classify};
 use crate::error::{BusError, Result};
 use crate::topology::{ExchangeKind, QueueSpec};
 
+/// How long one attempt to connect and declare the topology may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// One connection and its publishing channel. `generation` tells connections apart, so that
 /// a failure seen on an old one does not tear down its successor.
 pub(crate) struct Session {
@@ -78,7 +81,7 @@ impl Sessions {
         if let Some(old) = slot.take() {
             close_connection(old, "reconnecting");
         }
-        let session = (|| self.open(generation))
+        let session = (|| self.open_within(generation))
             .retry(self.options.backoff())
             .when(|error| matches!(error, BusError::Unavailable(_)))
             .notify(|error, delay| warn!(%error, ?delay, "broker unreachable; retrying"))
@@ -104,6 +107,18 @@ impl Sessions {
         if let Some(old) = self.current.lock().await.take() {
             let _already_closed = old.connection.close(200, "closed".into()).await;
         }
+    }
+
+    /// Opens a session, giving up on an attempt that hangs (a broker still booting may accept
+    /// the connection and answer nothing).
+    async fn open_within(&self, generation: u64) -> Result<Session> {
+        tokio::time::timeout(OPEN_TIMEOUT, self.open(generation))
+            .await
+            .unwrap_or_else(|_| {
+                Err(BusError::Unavailable(format!(
+                    "no connection within {OPEN_TIMEOUT:?}"
+                )))
+            })
     }
 
     async fn open(&self, generation: u64) -> Result<Session> {
