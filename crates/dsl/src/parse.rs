@@ -197,16 +197,13 @@ const TYPE_DEF: &[Field] = &[
     ("derived_from", ANY),
     ("properties", ANY),
     ("interfaces", ANY),
-    ("description", ANY),
-    ("metadata", ANY),
+    ("runtime_properties", (1, 5)),
 ];
 const RELATIONSHIP_TYPE: &[Field] = &[
     ("derived_from", ANY),
     ("properties", ANY),
     ("source_interfaces", ANY),
     ("target_interfaces", ANY),
-    ("description", ANY),
-    ("connection_type", ANY),
 ];
 const DATA_TYPE: &[Field] = &[
     ("derived_from", ANY),
@@ -230,7 +227,6 @@ const NODE_TEMPLATE: &[Field] = &[
     ("relationships", ANY),
     ("instances", ANY),
     ("capabilities", (1, 3)),
-    ("description", ANY),
 ];
 const RELATIONSHIP: &[Field] = &[
     ("type", ANY),
@@ -238,7 +234,6 @@ const RELATIONSHIP: &[Field] = &[
     ("properties", ANY),
     ("source_interfaces", ANY),
     ("target_interfaces", ANY),
-    ("connection_type", ANY),
 ];
 const WORKFLOW: &[Field] = &[
     ("mapping", ANY),
@@ -678,6 +673,16 @@ fn node_template(node: &Node, path: &str, v: &Version) -> Result<NodeTemplate, E
             }
             _ => {}
         }
+    }
+    let capabilities_key = entries
+        .iter()
+        .find(|(k, _)| k.name == "capabilities")
+        .map(|(k, _)| k);
+    if let (Some(_), Some(capabilities)) = (node.get("instances"), capabilities_key) {
+        return Err(capabilities.mark.error(
+            join(path, "capabilities"),
+            "a node template defines both instances.deploy and capabilities.scalable (instances.deploy is deprecated)",
+        ));
     }
     Ok(t)
 }

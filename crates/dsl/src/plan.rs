@@ -21,6 +21,8 @@ use drover_model::{
 
 const COMPUTE: &str = "cloudify.nodes.Compute";
 const CONTAINED_IN: &str = "cloudify.relationships.contained_in";
+const DEPENDS_ON_OPERATION: &str = "cloudify.relationships.depends_on_lifecycle_operation";
+const LIFECYCLE: &str = "cloudify.interfaces.lifecycle";
 const SCALING_POLICY: &str = "cloudify.policies.scaling";
 const SCRIPT_PLUGIN: &str = "script";
 const SCRIPT_RUN: &str = "script_runner.tasks.run";
@@ -100,6 +102,9 @@ pub fn make(
                     format!("{rpath}.target"),
                     "a node template cannot have a relationship to itself",
                 ));
+            }
+            if rel.type_name == DEPENDS_ON_OPERATION {
+                check_lifecycle_operation_target(bp, rel, &rpath)?;
             }
             if rel_type.hierarchy.iter().any(|t| t == CONTAINED_IN) {
                 contained += 1;
@@ -401,6 +406,38 @@ fn relationship(
     })
 }
 
+/// A `depends_on_lifecycle_operation` relationship names, in its `operation` property, a
+/// lifecycle operation that its target node template itself defines.
+fn check_lifecycle_operation_target(
+    bp: &Blueprint,
+    rel: &crate::parse::RelationshipTemplate,
+    path: &str,
+) -> Result<(), Error> {
+    let Some(operation) = rel
+        .properties
+        .get("operation")
+        .filter(|o| !o.is_null() && *o != "")
+    else {
+        return Err(rel.mark.error(
+            format!("{path}.properties"),
+            format!("a {DEPENDS_ON_OPERATION} relationship needs an 'operation' property naming a lifecycle operation of its target"),
+        ));
+    };
+    let defined = operation.as_str().is_some_and(|op| {
+        bp.node_templates
+            .get(&rel.target)
+            .and_then(|t| t.interfaces.get(LIFECYCLE))
+            .is_some_and(|ops| ops.contains_key(op))
+    });
+    if !defined {
+        return Err(rel.mark.error(
+            format!("{path}.properties.operation"),
+            format!("operation {operation} is not defined in the {LIFECYCLE} interface of target node template '{}'", rel.target),
+        ));
+    }
+    Ok(())
+}
+
 /// Host of each node: itself for a Compute node, else its contained_in target's host.
 fn set_host_ids(nodes: &mut [PlanNode], bp: &Blueprint) -> Result<(), Error> {
     let index: HashMap<&str, usize> = nodes
@@ -642,7 +679,6 @@ fn set_node_plugins(
             node.plugins
                 .iter()
                 .filter(|p| executor_of(p).as_deref() == Some(executor))
-                .filter(|p| p.get("install") != Some(&Json::Bool(false)))
                 .cloned()
                 .collect()
         };

@@ -604,3 +604,31 @@ fn host_agent_plugins_need_a_host() {
         Some(&json!("central_deployment_agent"))
     );
 }
+
+#[test]
+fn instances_deploy_and_scalable_capability_exclude_each_other() {
+    let e = error(
+        "tosca_definitions_version: cloudify_dsl_1_3\nnode_types:\n  t: {}\nnode_templates:\n  a:\n    type: t\n    instances: {deploy: 2}\n    capabilities:\n      scalable:\n        properties: {default_instances: 2}\n",
+    );
+    assert!(
+        e.message
+            .contains("both instances.deploy and capabilities.scalable"),
+        "{e}"
+    );
+    assert_eq!(at(&e), (8, 5, "node_templates.a.capabilities".into()));
+}
+
+#[test]
+fn depends_on_lifecycle_operation_needs_the_targets_operation() {
+    let text = |op: &str| {
+        format!(
+            "tosca_definitions_version: cloudify_dsl_1_4\n{TYPES}node_templates:\n  a:\n    type: cloudify.nodes.Root\n    interfaces:\n      cloudify.interfaces.lifecycle:\n        create: agent.x\n  b:\n    type: cloudify.nodes.Root\n    relationships:\n      - type: cloudify.relationships.depends_on_lifecycle_operation\n        target: a\n        properties: {{operation: {op}}}\n"
+        )
+    };
+    assert!(plan_str(&text("create"), &temp_dir(), &Options::default()).is_ok());
+    let e = error(&text("start"));
+    assert!(
+        e.message.contains("operation \"start\" is not defined"),
+        "{e}"
+    );
+}
