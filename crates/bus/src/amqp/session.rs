@@ -1,8 +1,9 @@
 //! The connection to the broker, opened again whenever it fails.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use backon::Retryable;
@@ -19,8 +20,8 @@ use super::{AmqpOptions, classify};
 use crate::error::{BusError, Result};
 use crate::topology::{ExchangeKind, QueueSpec};
 
-/// How long one attempt to connect and declare the topology may take.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one attempt to connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// One connection and its publishing channel. `generation` tells connections apart, so that
 /// a failure seen on an old one does not tear down its successor.
@@ -31,11 +32,33 @@ pub(crate) struct Session {
     /// Publishes on one channel are serialised: lapin numbers a confirm when the publish
     /// starts and the broker when the frames arrive, and these must agree.
     publish_lock: tokio::sync::Mutex<()>,
+    /// The channel queues are declared on after the start, opened on first use and again after
+    /// a refused declaration (which closes it).
+    declarer: tokio::sync::Mutex<Option<Channel>>,
 }
 
 impl Session {
     fn usable(&self) -> bool {
         self.connection.status().connected() && self.publisher.status().connected()
+    }
+
+    /// Declares on a channel of its own: a refused declaration closes the channel it was made
+    /// on, and that must not be the publishing one.
+    async fn declare(&self, spec: &QueueSpec) -> Result<()> {
+        let mut declarer = self.declarer.lock().await;
+        let channel = match declarer.as_ref().filter(|c| c.status().connected()) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = self
+                    .connection
+                    .create_channel()
+                    .await
+                    .map_err(|e| classify("opening a channel", &e))?;
+                *declarer = Some(channel.clone());
+                channel
+            }
+        };
+        declare_queue(&channel, spec).await
     }
 }
 
@@ -54,7 +77,8 @@ pub(crate) enum SendError {
 pub(crate) struct Sessions {
     pub options: AmqpOptions,
     current: tokio::sync::Mutex<Option<Arc<Session>>>,
-    declared: Mutex<Vec<QueueSpec>>,
+    /// By name: the queues declared since the start, declared again on every new connection.
+    declared: Mutex<BTreeMap<String, QueueSpec>>,
     closed: AtomicBool,
 }
 
@@ -63,7 +87,7 @@ impl Sessions {
         Self {
             options,
             current: tokio::sync::Mutex::new(None),
-            declared: Mutex::new(Vec::new()),
+            declared: Mutex::new(BTreeMap::new()),
             closed: AtomicBool::new(false),
         }
     }
@@ -81,7 +105,7 @@ impl Sessions {
         if let Some(old) = slot.take() {
             close_connection(old, "reconnecting");
         }
-        let session = (|| self.open_within(generation))
+        let session = (|| self.open(generation))
             .retry(self.options.backoff())
             .when(|error| matches!(error, BusError::Unavailable(_)))
             .notify(|error, delay| warn!(%error, ?delay, "broker unreachable; retrying"))
@@ -109,30 +133,27 @@ impl Sessions {
         }
     }
 
-    /// Opens a session, giving up on an attempt that hangs (a broker still booting may accept
-    /// the connection and answer nothing).
-    async fn open_within(&self, generation: u64) -> Result<Session> {
-        tokio::time::timeout(OPEN_TIMEOUT, self.open(generation))
-            .await
-            .unwrap_or_else(|_| {
-                Err(BusError::Unavailable(format!(
-                    "no connection within {OPEN_TIMEOUT:?}"
-                )))
-            })
-    }
-
     async fn open(&self, generation: u64) -> Result<Session> {
         let properties = ConnectionProperties::default()
             .with_connection_name(self.options.connection_name.as_str().into());
-        let connection = Connection::connect(&self.options.url, properties)
-            .await
-            .map_err(|e| BusError::Unavailable(format!("connecting to the broker: {e}")))?;
+        // A broker still booting may accept the connection and answer nothing: give up on this
+        // attempt then (declaring the topology is not bounded: it fails when the connection does).
+        let connection = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect(&self.options.url, properties),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(lapin::ErrorKind::IOError(Arc::new(std::io::ErrorKind::TimedOut.into())).into())
+        })
+        .map_err(|e| BusError::Unavailable(format!("connecting to the broker: {e}")))?;
         match self.prepare(&connection).await {
             Ok(publisher) => Ok(Session {
                 connection,
                 generation,
                 publisher,
                 publish_lock: tokio::sync::Mutex::new(()),
+                declarer: tokio::sync::Mutex::new(None),
             }),
             Err(error) => {
                 let _already_failed = connection.close(200, "setup failed".into()).await;
@@ -170,7 +191,13 @@ impl Sessions {
                 .await
                 .map_err(|e| classify(&format!("declaring exchange {}", exchange.name), &e))?;
         }
-        let declared = self.declared.lock().map(|d| d.clone()).unwrap_or_default();
+        let declared: Vec<QueueSpec> = self
+            .declared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
         for queue in topology.queues().iter().chain(&declared) {
             declare_queue(&channel, queue).await?;
         }
@@ -183,34 +210,37 @@ impl Sessions {
 
     /// Declares a queue now and after every reconnect.
     pub async fn declare_queue(&self, spec: QueueSpec) -> Result<()> {
+        // Remembered first, so that a session opened meanwhile declares it too.
+        let previous = self.remember(spec.clone());
         let mut attempts = 0;
         loop {
             let session = self.current().await?;
-            // A channel of its own: a refused declaration closes the channel it was made on.
-            let result = match session.connection.create_channel().await {
-                Ok(channel) => {
-                    let result = declare_queue(&channel, &spec).await;
-                    let _closing = channel.close(200, "declared".into()).await;
-                    result
-                }
-                Err(e) => Err(classify("opening a channel", &e)),
-            };
-            match result {
-                Ok(()) => break,
+            match session.declare(&spec).await {
+                Ok(()) => return Ok(()),
                 Err(BusError::Unavailable(reason)) if attempts < 5 => {
                     warn!(%reason, queue = %spec.name, "declaring again after a connection failure");
                     attempts += 1;
                     self.invalidate(session.generation).await;
                 }
-                Err(error) => return Err(error),
+                Err(error) => {
+                    self.forget(&spec.name, previous);
+                    return Err(error);
+                }
             }
         }
-        if let Ok(mut declared) = self.declared.lock()
-            && !declared.contains(&spec)
-        {
-            declared.push(spec);
-        }
-        Ok(())
+    }
+
+    fn remember(&self, spec: QueueSpec) -> Option<QueueSpec> {
+        let mut declared = self.declared.lock().unwrap_or_else(PoisonError::into_inner);
+        declared.insert(spec.name.clone(), spec)
+    }
+
+    fn forget(&self, name: &str, previous: Option<QueueSpec>) {
+        let mut declared = self.declared.lock().unwrap_or_else(PoisonError::into_inner);
+        match previous {
+            Some(spec) => declared.insert(name.into(), spec),
+            None => declared.remove(name),
+        };
     }
 
     /// Hands a message to the broker (without waiting for its confirm).
