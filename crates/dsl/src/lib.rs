@@ -14,6 +14,7 @@
 
 pub mod error;
 mod functions;
+mod groups;
 mod imports;
 mod inputs;
 pub mod instances;

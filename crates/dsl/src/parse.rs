@@ -120,11 +120,13 @@ pub struct Group {
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     pub mark: Mark,
-    pub type_name: String,
     pub targets: Vec<(String, Mark)>,
     pub properties: Map,
     pub json: Map,
 }
+
+/// The one policy type `policies` may use.
+const SCALING_POLICY: &str = "cloudify.policies.scaling";
 
 /// A field allowed in a mapping, from a DSL version on.
 type Field = (&'static str, (u8, u8));
@@ -807,13 +809,34 @@ fn policy(node: &Node, path: &str, v: &Version) -> Result<Policy, Error> {
         Some(t) => names(t, &join(path, "targets"))?,
         None => return Err(node.mark.error(path, "a policy needs 'targets'")),
     };
+    if type_name != SCALING_POLICY {
+        let mark = node.get("type").map(|t| t.mark.clone()).unwrap_or_default();
+        return Err(mark.error(
+            join(path, "type"),
+            format!("'{type_name}' policy type is not implemented: only '{SCALING_POLICY}' is"),
+        ));
+    }
+    if targets.is_empty() {
+        return Err(node.mark.error(
+            join(path, "targets"),
+            "a policy needs at least one target group",
+        ));
+    }
     let properties = match node.get("properties") {
-        Some(p) => json_map(p, &join(path, "properties"), "policy properties")?,
+        Some(p) => {
+            fields(
+                p,
+                &join(path, "properties"),
+                "scaling properties",
+                SCALABLE,
+                v,
+            )?;
+            json_map(p, &join(path, "properties"), "policy properties")?
+        }
         None => Map::new(),
     };
     Ok(Policy {
         mark: node.mark.clone(),
-        type_name,
         targets,
         properties,
         json: json_map(node, path, "a policy")?,

@@ -15,15 +15,13 @@ use crate::types::{self, Derived};
 use crate::yaml::Mark;
 use drover_model::plan::{NodeCapabilities, Scalable};
 use drover_model::{
-    Instances, Map, Operation, Plan, PlanNode, PlanRelationship, ScalableProperties, ScalingGroup,
-    WorkflowSpec,
+    Instances, Map, Operation, Plan, PlanNode, PlanRelationship, ScalableProperties, WorkflowSpec,
 };
 
 const COMPUTE: &str = "cloudify.nodes.Compute";
 const CONTAINED_IN: &str = "cloudify.relationships.contained_in";
 const DEPENDS_ON_OPERATION: &str = "cloudify.relationships.depends_on_lifecycle_operation";
 const LIFECYCLE: &str = "cloudify.interfaces.lifecycle";
-const SCALING_POLICY: &str = "cloudify.policies.scaling";
 const SCRIPT_PLUGIN: &str = "script";
 const SCRIPT_RUN: &str = "script_runner.tasks.run";
 const SCRIPT_WORKFLOW: &str = "script_runner.tasks.execute_workflow";
@@ -159,7 +157,7 @@ pub fn make(
     };
     let outputs = evaluate_section(&bp.outputs, &ctx, "outputs", root)?;
     let capabilities = evaluate_section(&bp.capabilities, &ctx, "capabilities", root)?;
-    let scaling_groups = scaling_groups(bp, &ctx)?;
+    let scaling_groups = crate::groups::scaling_groups(bp, &nodes, &ctx)?;
     let workflows = workflows(bp, &binder)?;
 
     let mut plan = Plan {
@@ -588,7 +586,7 @@ fn evaluate_scalable(
 
 /// Reads `default_instances`, `min_instances`, `max_instances` (functions evaluated) and checks
 /// `min <= default <= max` (`max` of -1 is unbounded).
-fn scaling_properties(
+pub(crate) fn scaling_properties(
     raw: &Map,
     ctx: &Context<'_>,
     mark: &Mark,
@@ -744,70 +742,6 @@ fn evaluate_section(
         Json::Object(map) => Ok(map),
         _ => Ok(Map::new()),
     }
-}
-
-/// Scaling groups: the groups a `cloudify.policies.scaling` policy targets.
-fn scaling_groups(
-    bp: &Blueprint,
-    ctx: &Context<'_>,
-) -> Result<BTreeMap<String, ScalingGroup>, Error> {
-    for (name, group) in &bp.groups {
-        for (member, mark) in &group.members {
-            if !bp.node_templates.contains_key(member) && !bp.groups.contains_key(member) {
-                return Err(mark.error(
-                    format!("groups.{name}.members"),
-                    format!("group member '{member}' is neither a node template nor a group"),
-                ));
-            }
-            if member == name {
-                return Err(mark.error(
-                    format!("groups.{name}.members"),
-                    "a group cannot contain itself",
-                ));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    for (name, policy) in &bp.policies {
-        let path = format!("policies.{name}");
-        if policy.type_name != SCALING_POLICY {
-            if !bp.policy_types.contains_key(&policy.type_name) {
-                return Err(policy.mark.error(
-                    format!("{path}.type"),
-                    format!("policy type '{}' is not defined", policy.type_name),
-                ));
-            }
-            continue;
-        }
-        let properties = scaling_properties(
-            &policy.properties,
-            ctx,
-            &policy.mark,
-            &format!("{path}.properties"),
-        )?;
-        for (target, mark) in &policy.targets {
-            let Some(group) = bp.groups.get(target) else {
-                return Err(mark.error(
-                    format!("{path}.targets"),
-                    format!("policy target '{target}' is not a group"),
-                ));
-            };
-            if out.contains_key(target) {
-                return Err(mark.error(
-                    format!("{path}.targets"),
-                    format!("group '{target}' is the target of more than one scaling policy"),
-                ));
-            }
-            out.insert(
-                target.clone(),
-                ScalingGroup {
-                    members: group.members.iter().map(|(m, _)| m.clone()).collect(),
-                    properties,
-                },
-            );
-        }
-    }
-    Ok(out)
 }
 
 /// Workflows bound to their plugins, and the plugins workflows need installed.

@@ -632,3 +632,69 @@ fn depends_on_lifecycle_operation_needs_the_targets_operation() {
         "{e}"
     );
 }
+
+const GROUP_NODES: &str = "tosca_definitions_version: cloudify_dsl_1_3
+node_types:
+  cloudify.nodes.Compute: {}
+  t: {}
+relationships:
+  cloudify.relationships.contained_in: {}
+node_templates:
+  vm: {type: cloudify.nodes.Compute}
+  other_vm: {type: cloudify.nodes.Compute}
+  app:
+    type: t
+    relationships: [{type: cloudify.relationships.contained_in, target: vm}]
+  free: {type: t}
+";
+
+fn scaling(groups: &str) -> String {
+    format!(
+        "{GROUP_NODES}groups:\n{groups}policies:\n  p:\n    type: cloudify.policies.scaling\n    targets: [g]\n"
+    )
+}
+
+#[test]
+fn scaling_groups_drop_members_their_container_scales() {
+    let p = plan(&scaling("  g: {members: [vm, app]}\n"));
+    assert_eq!(
+        p.scaling_groups.get("g").map(|g| g.members.clone()),
+        Some(vec!["vm".to_string()])
+    );
+    assert_eq!(
+        p.scaling_groups
+            .get("g")
+            .map(|g| g.properties.default_instances),
+        Some(1)
+    );
+}
+
+#[test]
+fn scaling_group_rules() {
+    let e = error(&scaling("  g: {members: [app, free]}\n"));
+    assert!(e.message.contains("not contained in a shared node"), "{e}");
+    let e = error(&format!(
+        "{}  q:\n    type: cloudify.policies.scaling\n    targets: [h]\n",
+        scaling("  g: {members: [vm]}\n  h: {members: [vm]}\n")
+    ));
+    assert!(e.message.contains("member of two scaling groups"), "{e}");
+    let e = error(&format!(
+        "{GROUP_NODES}groups:\n  g: {{members: [vm]}}\npolicies:\n  p: {{type: my.policy, targets: [g]}}\n"
+    ));
+    assert!(
+        e.message
+            .contains("'my.policy' policy type is not implemented"),
+        "{e}"
+    );
+    let e = error(&scaling("  g: {members: [nope]}\n"));
+    assert!(
+        e.message.contains("neither a node template nor a group"),
+        "{e}"
+    );
+    let e = error(&scaling("  vm: {members: [app]}\n  g: {members: [vm]}\n"));
+    assert!(
+        e.message
+            .contains("both a group and a node template are named 'vm'"),
+        "{e}"
+    );
+}
