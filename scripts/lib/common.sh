@@ -4,6 +4,7 @@
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # ../shared beside the clone holds the conformance corpus and the benchmark generator.
 SHARED=${DROVER_SHARED:-$ROOT/../shared}
+# shellcheck disable=SC2034 # used by the scripts that source this file
 CACHE=${DROVER_CACHE:-$ROOT/.cache}
 
 say() { printf '\n== %s\n' "$*"; }
@@ -27,4 +28,37 @@ require_shared() {
     echo "error: $SHARED/conformance/run.py not found: the shared test material must lie beside the clone (or set DROVER_SHARED)" >&2
     exit 2
   fi
+}
+
+# maven_fetch GROUP:ARTIFACT:VERSION[:TYPE[:CLASSIFIER]] DIR: copies that one artifact (not its
+# dependencies) into DIR through Maven (the machine's repositories and its ~/.m2 cache), with
+# checksums enforced. Runs in an empty directory, so no project's pom.xml is picked up.
+maven_fetch() {
+  local artifact=$1 dest=$2 work out rc=0
+  command -v mvn >/dev/null || apt_install maven
+  mkdir -p "$dest"
+  work=$(mktemp -d)
+  # Maven's output only when it fails (-q still prints colour codes).
+  out=$(cd "$work" && mvn -B -q -C -Dstyle.color=never dependency:copy \
+    -Dartifact="$artifact" -DoutputDirectory="$dest" 2>&1) || rc=$?
+  rm -rf "$work"
+  [ "$rc" -eq 0 ] || printf 'error: Maven could not fetch %s:\n%s\n' "$artifact" "$out" >&2
+  return "$rc"
+}
+
+# java_home: prints the JDK directory of $JAVA_HOME, or else of the `java` on the PATH.
+java_home() {
+  if [ -n "${JAVA_HOME:-}" ] && [ -x "$JAVA_HOME/bin/java" ]; then
+    echo "$JAVA_HOME"
+    return 0
+  fi
+  local java
+  java=$(command -v java) || { echo "error: no java on the PATH and no JAVA_HOME" >&2; return 1; }
+  java=$(readlink -f "$java")
+  dirname "$(dirname "$java")"
+}
+
+# port_in_use PORT: true when something accepts TCP connections on 127.0.0.1:PORT.
+port_in_use() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
