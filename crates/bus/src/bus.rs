@@ -59,7 +59,9 @@ pub trait Bus: Send + Sync {
     /// Sends a message and returns at once with the broker's confirm to await: publish many,
     /// then await their confirms, never one round trip per message. Fails at once when the
     /// message is too large or a name is invalid; the confirm fails when no queue is bound
-    /// for the route ([`crate::BusError::Unroutable`]) or the broker stays unreachable.
+    /// for the route ([`crate::BusError::Unroutable`]) or the broker stays unreachable. While
+    /// the bus is reconnecting, `publish` waits (up to the reconnect budget): that is the
+    /// back-pressure of a broker restart.
     async fn publish(&self, route: &Route, message: Message) -> Result<Confirm>;
 
     /// Starts consuming a declared queue.
