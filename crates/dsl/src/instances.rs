@@ -52,7 +52,7 @@ const NONE: u32 = u32::MAX;
 ///
 /// Scaling groups may be given as the blueprint wrote them or as Cloudify's parser leaves them
 /// in the plan (without members that are contained in another member of the same group, see
-/// [`remove_contained_members`]): both give the same instances.
+/// [`contained_member_removals`]): both give the same instances.
 pub fn node_instances(
     nodes: &[PlanNode],
     scaling_groups: &BTreeMap<String, ScalingGroup>,
@@ -60,51 +60,6 @@ pub fn node_instances(
     let forest = Forest::build(nodes, scaling_groups)?;
     let arena = Arena::instantiate(&forest)?;
     arena.into_node_instances(&forest)
-}
-
-/// Cloudify's `_remove_contained_nodes_from_scaling_groups` (`dsl_parser/elements/policies.py`),
-/// which shapes the plan's `scaling_groups`: a node member that is (transitively) contained in a
-/// node sharing one of its groups leaves the smallest shared group, because it is in that group
-/// already through its container; if the node is in a subgroup of the smallest shared group, the
-/// subgroup leaves instead. Node and group names that do not resolve are left alone (they are
-/// errors of [`node_instances`]).
-pub fn remove_contained_members(
-    nodes: &[PlanNode],
-    scaling_groups: &mut BTreeMap<String, ScalingGroup>,
-) {
-    let Ok(names) = vertex_names(nodes, scaling_groups) else {
-        return;
-    };
-    let Ok(member_of) = group_membership(nodes.len(), scaling_groups, &names) else {
-        return;
-    };
-    let Ok(links) = nodes
-        .iter()
-        .map(|node| node_links(node, &names, nodes.len()))
-        .collect::<Result<Vec<_>, _>>()
-    else {
-        return;
-    };
-    let contained = contained_in_targets(&links);
-    let removals: Vec<(String, String)> = contained_member_removals(&member_of, &contained)
-        .into_iter()
-        .map(|(member, group)| {
-            let name = |v: usize| match nodes.get(v) {
-                Some(node) => node.id.clone(),
-                None => scaling_groups
-                    .keys()
-                    .nth(v - nodes.len())
-                    .cloned()
-                    .unwrap_or_default(),
-            };
-            (name(member), name(group))
-        })
-        .collect();
-    for (member, group) in removals {
-        if let Some(group) = scaling_groups.get_mut(&group) {
-            group.members.retain(|m| *m != member);
-        }
-    }
 }
 
 /// A relationship of a node that survives into instances, resolved to its target vertex.
@@ -144,7 +99,13 @@ impl<'a> Forest<'a> {
             .iter()
             .map(|node| node_links(node, &names, nodes.len()))
             .collect::<Result<Vec<_>, _>>()?;
-        let contained = contained_in_targets(&links);
+        let contained: Vec<Option<usize>> = links
+            .iter()
+            .map(|links| {
+                let mut containers = links.iter().filter(|l| l.kind == LinkKind::ContainedIn);
+                containers.next().map(|l| l.target)
+            })
+            .collect();
         let mut member_of = group_membership(nodes.len(), scaling_groups, &names)?;
         for (member, _) in contained_member_removals(&member_of, &contained) {
             member_of[member] = None;
@@ -386,8 +347,13 @@ fn group_membership(
     Ok(member_of)
 }
 
-/// The (member, group) pairs that [`remove_contained_members`] removes, computed on the
-/// membership as given (as Cloudify does, removals do not affect each other).
+/// Cloudify's `_remove_contained_nodes_from_scaling_groups` (`dsl_parser/elements/policies.py`),
+/// which shapes the plan's `scaling_groups`, as (member, group) pairs to remove: a node member
+/// that is (transitively) contained in a node sharing one of its groups leaves the smallest shared
+/// group, being in it already through its container; if the node is in a subgroup of the smallest
+/// shared group, the subgroup leaves instead. Computed on the membership as given: as in
+/// Cloudify, removals do not affect each other. Without this, such a group would contain its own
+/// container.
 fn contained_member_removals(
     member_of: &[Option<usize>],
     contained: &[Option<usize>],
@@ -431,19 +397,6 @@ fn contained_member_removals(
         }
     }
     removals
-}
-
-/// The node each node is contained in.
-fn contained_in_targets(links: &[Vec<Link>]) -> Vec<Option<usize>> {
-    links
-        .iter()
-        .map(|links| {
-            links
-                .iter()
-                .find(|l| l.kind == LinkKind::ContainedIn)
-                .map(|l| l.target)
-        })
-        .collect()
 }
 
 /// A node's relationships as instance links, in the node's order. Cloudify's graph has one edge
