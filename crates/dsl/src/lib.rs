@@ -1,12 +1,17 @@
 //! The Cloudify DSL, `cloudify_dsl_1_0` to `cloudify_dsl_1_5`: from YAML files to a deployment plan.
 //!
 //! The pipeline, one module a stage:
-//! 1. `yaml` loads a file into a tree that remembers the line and column of every value;
+//! 1. `yaml` loads a file into a tree that remembers the line and column of every value, with
+//!    caps on size, nesting and alias expansion;
 //! 2. `imports` resolves and merges imports (relative paths, URLs through resolver rules and the
-//!    spec mirror, `plugin:` imports, namespaces);
-//! 3. `parse` validates the merged document against the schema of its DSL version;
-//! 4. `types` derives node and relationship types and merges them into node templates;
-//! 5. `functions` evaluates the plan-time intrinsic functions and keeps the runtime ones;
+//!    spec mirror, `plugin:` imports, the built-in types file), with `namespace` prefixing what a
+//!    `ns--` import defines;
+//! 3. `parse` validates the merged document against the schema of its DSL version (`version`
+//!    holds the version gates);
+//! 4. `types` derives node, relationship and data types and merges them into templates;
+//! 5. `plan` binds operations to plugins, finds hosts and evaluates, with `functions`, the
+//!    plan-time intrinsic functions (keeping the runtime ones); `inputs` checks deployment inputs
+//!    and `groups` makes the scaling groups;
 //! 6. `instances` multiplies nodes into node instances (contained_in, connection types, scaling
 //!    groups).
 //!

@@ -43,6 +43,18 @@ pub fn make(
         plugins: &bp.plugins,
         resource_base,
     };
+    // Cloudify binds relationship types' operations where they are defined, used or not.
+    for name in bp.relationships.keys() {
+        let Some(derived) = relationship_types.get(name) else {
+            continue;
+        };
+        for (field, interfaces) in [
+            ("source_interfaces", &derived.source_interfaces),
+            ("target_interfaces", &derived.target_interfaces),
+        ] {
+            binder.operations(interfaces, &format!("relationships.{name}.{field}"))?;
+        }
+    }
 
     let mut nodes = Vec::with_capacity(bp.node_templates.len());
     for (name, template) in &bp.node_templates {
