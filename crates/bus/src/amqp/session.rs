@@ -138,15 +138,16 @@ impl Sessions {
             .with_connection_name(self.options.connection_name.as_str().into());
         // A broker still booting may accept the connection and answer nothing: give up on this
         // attempt then (declaring the topology is not bounded: it fails when the connection does).
-        let connection = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            Connection::connect(&self.options.url, properties),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(lapin::ErrorKind::IOError(Arc::new(std::io::ErrorKind::TimedOut.into())).into())
-        })
-        .map_err(|e| BusError::Unavailable(format!("connecting to the broker: {e}")))?;
+        let connecting = Connection::connect(&self.options.url, properties);
+        let connection = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(connected) => connected
+                .map_err(|e| BusError::Unavailable(format!("connecting to the broker: {e}")))?,
+            Err(_) => {
+                return Err(BusError::Unavailable(format!(
+                    "no answer from the broker within {CONNECT_TIMEOUT:?}"
+                )));
+            }
+        };
         match self.prepare(&connection).await {
             Ok(publisher) => Ok(Session {
                 connection,
