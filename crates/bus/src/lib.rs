@@ -13,7 +13,7 @@
 //!
 //! Bodies are opaque bytes with an id and string headers; their encoding is the caller's.
 //! Delivery is at least once: consumers deduplicate by message id (the task id for tasks and
-//! results). The `test-suite` feature exposes [`suite`], the behaviour both implementations
+//! results). The `test-suite` feature exposes the `suite` module, the behaviour both implementations
 //! are tested against.
 
 mod amqp;
