@@ -118,7 +118,7 @@ pub fn load(
         let Some(parent) = order.get(index) else {
             break;
         };
-        let imports = import_list(&parent.document)?;
+        let imports = import_list(&parent.document, &version)?;
         let parent_dir = match &parent.source {
             Source::File(p) => p.parent().map(Path::to_path_buf),
             Source::Builtin => None,
@@ -183,8 +183,9 @@ pub fn load(
     })
 }
 
-/// The `imports` of a document: strings, or single-entry mappings `{URL: {properties}}`.
-fn import_list(document: &Node) -> Result<Vec<(String, Mark)>, Error> {
+/// The `imports` of a document: strings, or (from `cloudify_dsl_1_5`) single-entry mappings
+/// `{URL: {properties}}` that set an imported plugin's properties.
+fn import_list(document: &Node, version: &Version) -> Result<Vec<(String, Mark)>, Error> {
     let Some(imports) = document.get("imports") else {
         return Ok(Vec::new());
     };
@@ -203,10 +204,19 @@ fn import_list(document: &Node) -> Result<Vec<(String, Mark)>, Error> {
     for (i, item) in items.iter().enumerate() {
         let url = match &item.value {
             Value::Str(s) => s.clone(),
-            Value::Map(entries) if entries.len() == 1 => entries
-                .first()
-                .map(|(k, _)| k.name.clone())
-                .unwrap_or_default(),
+            Value::Map(entries) if entries.len() == 1 => {
+                version.require(
+                    item,
+                    &format!("imports.{i}"),
+                    "an import with properties",
+                    1,
+                    5,
+                )?;
+                entries
+                    .first()
+                    .map(|(k, _)| k.name.clone())
+                    .unwrap_or_default()
+            }
             _ => {
                 return Err(item.mark.error(
                     format!("imports.{i}"),

@@ -698,3 +698,15 @@ fn scaling_group_rules() {
         "{e}"
     );
 }
+
+#[test]
+fn imports_with_properties_need_dsl_1_5() {
+    let e =
+        error("tosca_definitions_version: cloudify_dsl_1_4\nimports:\n  - plugin:p:\n      x: 1\n");
+    assert!(
+        e.message
+            .contains("an import with properties requires cloudify_dsl_1_5"),
+        "{e}"
+    );
+    assert_eq!(at(&e).2, "imports.0");
+}
