@@ -13,8 +13,8 @@
 //!
 //! Bodies are opaque bytes with an id and string headers; their encoding is the caller's.
 //! Delivery is at least once: consumers deduplicate by message id (the task id for tasks and
-//! results). The `test-suite` feature exposes the `suite` module, the behaviour both implementations
-//! are tested against.
+//! results). The `test-suite` feature exposes the `suite` module: the behaviour both
+//! implementations are tested against.
 
 mod amqp;
 mod bus;
