@@ -366,6 +366,16 @@ pub(crate) fn check_publish(
             max: topology.max_message_size(),
         });
     }
+    // Publishing to an exchange the broker does not know closes the publishing channel, and
+    // with it the confirms of every other publish in flight: refuse it here.
+    if !route.exchange.is_empty()
+        && !topology
+            .exchanges()
+            .iter()
+            .any(|e| e.name == route.exchange)
+    {
+        return Err(BusError::NoSuchExchange(route.exchange.clone()));
+    }
     check_short("routing key", &route.routing_key)?;
     if let Some(id) = &message.id {
         check_short("message id", id)?;
@@ -410,6 +420,26 @@ mod tests {
         let route = topology.result_to("w1");
         assert_eq!(queue.bindings[0].key, route.routing_key);
         assert_eq!(topology.execution().routing_key, "executions");
+    }
+
+    #[test]
+    fn unknown_exchanges_are_refused_not_sent() {
+        let topology = Topology::new().with_prefix("p.");
+        let route = Route {
+            exchange: "tasks".into(),
+            routing_key: "central".into(),
+            persistent: true,
+        };
+        let err = check_publish(&topology, &route, &crate::Message::new("b")).unwrap_err();
+        assert_eq!(err, BusError::NoSuchExchange("tasks".into()));
+        assert!(
+            check_publish(
+                &topology,
+                &topology.task_to_central(),
+                &crate::Message::new("b")
+            )
+            .is_ok()
+        );
     }
 
     #[test]
