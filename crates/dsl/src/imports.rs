@@ -339,23 +339,8 @@ fn read(source: &Source, mark: &Mark, raw: &str) -> Result<Node, Error> {
     let document = match source {
         Source::Builtin => yaml::load(BUILTIN_TYPES, Some(Rc::from(Path::new(BUILTIN_NAME))))?,
         Source::File(path) => {
-            let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-            if size > yaml::MAX_FILE_BYTES as u64 {
-                return Err(mark.error(
-                    "imports",
-                    format!(
-                        "import {raw:?}: {} is {size} bytes, more than the {} a blueprint file may have",
-                        path.display(),
-                        yaml::MAX_FILE_BYTES
-                    ),
-                ));
-            }
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                mark.error(
-                    "imports",
-                    format!("import {raw:?}: cannot read {}: {e}", path.display()),
-                )
-            })?;
+            let text = yaml::read_file(path)
+                .map_err(|m| mark.error("imports", format!("import {raw:?}: {m}")))?;
             yaml::load(&text, Some(Rc::from(path.as_path())))?
         }
     };

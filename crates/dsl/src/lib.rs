@@ -55,18 +55,7 @@ pub fn validate_file(path: &Path, options: &Options) -> Result<(), Error> {
 
 /// Reads a blueprint and makes its deployment plan with the given inputs.
 pub fn plan_file(path: &Path, options: &Options) -> Result<Plan, Error> {
-    let size = std::fs::metadata(path)
-        .map_err(|e| Error::new(format!("cannot read blueprint {}: {e}", path.display())))?
-        .len();
-    if size > yaml::MAX_FILE_BYTES as u64 {
-        return Err(Error::new(format!(
-            "{}: the file is {size} bytes, more than the {} bytes a blueprint file may have",
-            path.display(),
-            yaml::MAX_FILE_BYTES
-        )));
-    }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::new(format!("cannot read blueprint {}: {e}", path.display())))?;
+    let text = yaml::read_file(path).map_err(|m| Error::new(format!("blueprint: {m}")))?;
     let base_dir = path.parent().unwrap_or(Path::new("."));
     plan_text(&text, Some(path), base_dir, options)
 }

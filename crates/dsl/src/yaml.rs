@@ -139,6 +139,25 @@ impl Node {
     }
 }
 
+/// Reads a YAML file as text, reading at most `MAX_FILE_BYTES` (so that a huge or endless file,
+/// `/dev/zero` say, is an error and not a memory exhaustion). Errors are messages.
+pub fn read_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "{} is more than the {MAX_FILE_BYTES} bytes a blueprint file may have",
+            path.display()
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))
+}
+
 /// Loads the first document of `text` (an empty document is `null`). `file` names the file in
 /// marks and errors.
 pub fn load(text: &str, file: Option<Rc<Path>>) -> Result<Node, Error> {

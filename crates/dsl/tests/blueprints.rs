@@ -559,6 +559,11 @@ fn abusive_input_is_an_error_not_a_crash() {
     let e = plan_file(&big, &Options::default()).expect_err("error");
     assert!(e.message.contains("more than"), "{e}");
     let _ = std::fs::remove_file(&big);
+    #[cfg(unix)]
+    {
+        let e = plan_file(Path::new("/dev/zero"), &Options::default()).expect_err("endless file");
+        assert!(e.message.contains("more than"), "{e}");
+    }
 }
 
 #[test]
