@@ -507,14 +507,23 @@ fn parse_int(text: &str) -> Option<i64> {
 /// YAML 1.1 floats need a dot (`1.5`, `1.0e+3`, `.5`); `1e3` stays a string, as in PyYAML.
 fn parse_float(text: &str) -> Option<f64> {
     let body = text.strip_prefix(['-', '+']).unwrap_or(text);
-    if !body.contains('.') {
-        return None;
-    }
-    let valid = body
-        .chars()
-        .all(|c| c.is_ascii_digit() || matches!(c, '.' | '_' | 'e' | 'E' | '-' | '+'));
-    let starts = body.starts_with(|c: char| c.is_ascii_digit() || c == '.');
-    if !valid || !starts || body == "." {
+    let (mantissa, exponent) = match body.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e)),
+        None => (body, None),
+    };
+    let (whole, fraction) = mantissa.split_once('.')?;
+    let digits = |s: &str| s.chars().all(|c| c.is_ascii_digit() || c == '_');
+    let whole_ok =
+        whole.is_empty() || (whole.starts_with(|c: char| c.is_ascii_digit()) && digits(whole));
+    let fraction_ok = digits(fraction) && !(whole.is_empty() && fraction.is_empty());
+    // YAML 1.1 exponents carry a sign: `1.0e+3`, not `1.0e3`.
+    let exponent_ok = exponent.is_none_or(|e| {
+        e.len() > 1
+            && e.starts_with(['+', '-'])
+            && e.get(1..)
+                .is_some_and(|d| d.chars().all(|c| c.is_ascii_digit()))
+    });
+    if !(whole_ok && fraction_ok && exponent_ok) {
         return None;
     }
     text.replace('_', "").parse().ok()
@@ -557,11 +566,14 @@ mod tests {
 
     #[test]
     fn scalars_follow_yaml_1_1() {
-        let v = json("a: yes\nb: off\nc: 010\nd: 0x1f\ne: 1.5\nf: 1e3\ng: '1'\nh: ~\ni: 1_000\n");
+        let v = json(
+            "a: yes\nb: off\nc: 010\nd: 0x1f\ne: 1.5\nf: 1e3\ng: '1'\nh: ~\ni: 1_000\nj: 1.0e+2\nk: 1.0e2\nl: .5\nm: 1.2.3\n",
+        );
         assert_eq!(
             v,
             serde_json::json!({"a": true, "b": false, "c": 8, "d": 31, "e": 1.5, "f": "1e3",
-                               "g": "1", "h": null, "i": 1000})
+                               "g": "1", "h": null, "i": 1000, "j": 100.0, "k": "1.0e2",
+                               "l": 0.5, "m": "1.2.3"})
         );
     }
 
