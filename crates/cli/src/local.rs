@@ -2,7 +2,8 @@
 //! `--state-dir` (default `./.drover/`), the workflow engine, and in-process agents that run
 //! script operations (dry-run tasks are acknowledged without running).
 //!
-//! One deployment per state directory, with the id `local`, as Cloudify's `cfy local`.
+//! One deployment per state directory, with the id `local`, as Cloudify's `cfy local`. Events go
+//! to the terminal and `--events-json`; the state directory keeps what a resume needs.
 
 mod agent;
 mod report;
@@ -311,9 +312,11 @@ impl Local {
     async fn run(&self, execution_id: &str, run: &RunArgs) -> Result<(), Failure> {
         let mut reporter = report::Reporter::new(run.events_json.as_deref())?;
         let (canceller, cancel) = Canceller::new();
+        // Events go to --events-json and the terminal, not the state store: the state store keeps
+        // what a resume needs, and 10,000 instances make 200,000 events.
         let options = RunOptions {
             parallelism: run.parallelism,
-            ..RunOptions::default()
+            store_events: false,
         };
         let interrupts = tokio::spawn(cancel_on_interrupt(canceller));
         let result = self

@@ -7,6 +7,12 @@ use drover_model::{Event, EventContext, EventMessage};
 /// Receives an execution's events and progress while it runs (the CLI's progress bar and
 /// `--events-json`). Called on the executor's task: keep it quick.
 pub trait Observer: Send {
+    /// Whether to receive the routine events of every task (task_sent, task_started,
+    /// task_succeeded); workflow events, failures and retries always come. Making those events
+    /// is a good part of a dry run's cost, so observers that drop them say so.
+    fn wants_task_events(&self) -> bool {
+        true
+    }
     fn event(&mut self, _event: &Event) {}
     fn progress(&mut self, _progress: &Progress) {}
 }
@@ -14,7 +20,11 @@ pub trait Observer: Send {
 /// Ignores everything.
 pub struct NullObserver;
 
-impl Observer for NullObserver {}
+impl Observer for NullObserver {
+    fn wants_task_events(&self) -> bool {
+        false
+    }
+}
 
 /// Where a running phase is.
 #[derive(Debug, Clone, Default)]

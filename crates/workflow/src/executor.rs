@@ -29,8 +29,8 @@ use crate::lifecycle::Phase;
 use crate::world::World;
 use crate::{CancelMode, Params};
 
-const BATCH: usize = 4096;
-const FLUSH_EVERY: Duration = Duration::from_millis(200);
+const BATCH: usize = 32_768;
+const FLUSH_EVERY: Duration = Duration::from_millis(500);
 
 /// How a phase ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +54,8 @@ pub(crate) struct Executor<'a, D> {
     pub store_events: bool,
     pub phases_total: u32,
     journal: Vec<JournalEntry>,
+    /// Tasks finished since the last flush, of phase `.0`: journaled as one entry.
+    done: (u32, Vec<u32>),
     events: Vec<Event>,
     last_flush: Instant,
     /// Completions of operations that really ran, not yet flushed.
@@ -69,7 +71,8 @@ struct PhaseState<'g> {
     done: Vec<bool>,
     attempts: HashMap<u32, u32>,
     ready: VecDeque<TaskId>,
-    in_flight: HashMap<String, (TaskId, u32)>,
+    /// Tasks sent and not settled, with the attempt that was sent.
+    in_flight: HashMap<TaskId, u32>,
     retries: BinaryHeap<Reverse<(Instant, TaskId)>>,
     remaining: usize,
     failed: Option<String>,
@@ -102,6 +105,7 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
             store_events,
             phases_total: 1,
             journal: Vec::new(),
+            done: (0, Vec::new()),
             events: Vec::new(),
             last_flush: Instant::now(),
             unflushed_runs: false,
@@ -112,6 +116,11 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
         self.journal.push(entry.to_raw());
     }
 
+    /// Whether routine task events are made at all (someone wants them).
+    fn task_events(&self) -> bool {
+        self.store_events || self.observer.wants_task_events()
+    }
+
     pub fn emit(&mut self, event: Event) {
         self.observer.event(&event);
         if self.store_events {
@@ -119,10 +128,20 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
         }
     }
 
-    /// Writes changed instances, then the journal, then events: an entry is never durable
-    /// before the instance changes it stands for.
+    /// Writes every changed instance, then the journal, then events.
     pub fn flush(&mut self) -> Result<(), String> {
-        let dirty = self.world.take_dirty();
+        self.write(true)
+    }
+
+    /// Writes a batch: instances whose runtime properties changed, then the journal, then
+    /// events (an entry is never durable before the runtime properties it stands for). State
+    /// changes alone wait for the end of the phase: the journal has them.
+    fn write(&mut self, all: bool) -> Result<(), String> {
+        if !self.done.1.is_empty() {
+            let t = std::mem::take(&mut self.done.1);
+            self.journal(&Entry::Done { p: self.done.0, t });
+        }
+        let dirty = self.world.take_dirty(all);
         if !dirty.is_empty() {
             self.store
                 .put_node_instances(&self.base.deployment_id, &dirty)
@@ -143,6 +162,18 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
         self.last_flush = Instant::now();
         self.unflushed_runs = false;
         Ok(())
+    }
+
+    /// Sets the states the journal says the phase already reached: the done set-state tasks,
+    /// in the order they were done.
+    pub fn replay_states(&mut self, graph: &Graph, done_in_order: &[u32]) {
+        for &t in done_in_order {
+            if let Some(task) = graph.tasks.get(t as usize)
+                && let Kind::SetState(state) = task.kind
+            {
+                self.world.set_state(task.instance, state);
+            }
+        }
     }
 
     /// Runs a phase's graph to its end. `done` and `attempts` come from the journal on resume.
@@ -167,15 +198,17 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
             let batch = self.fill(&mut st);
             if !batch.is_empty() {
                 if self.unflushed_runs {
-                    self.flush()?;
+                    self.write(false)?;
                 }
                 if let Err(e) = self.dispatcher.send(batch).await {
                     st.failed.get_or_insert(e.to_string());
                     st.in_flight.clear();
                 }
             }
-            if self.journal.len() >= BATCH || self.last_flush.elapsed() >= FLUSH_EVERY {
-                self.flush()?;
+            if self.done.1.len() + self.journal.len() >= BATCH
+                || self.last_flush.elapsed() >= FLUSH_EVERY
+            {
+                self.write(false)?;
                 self.observer.progress(&st.progress);
             }
             if st.remaining == 0 {
@@ -275,9 +308,13 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
                 Kind::Op { .. } | Kind::RelOp { .. } => {
                     let attempt = st.attempts.get(&t).copied().unwrap_or(0);
                     match self.operation_task(st, t, attempt) {
-                        Ok((op_task, event)) => {
-                            self.emit(event);
-                            st.in_flight.insert(op_task.task_id.clone(), (t, attempt));
+                        Ok(op_task) => {
+                            if self.task_events() {
+                                let context = self.task_context(st, t, &op_task.task_id);
+                                let text = format!("Sending task '{}'", op_task.implementation);
+                                self.emit(events::event("task_sent", context, text));
+                            }
+                            st.in_flight.insert(t, attempt);
                             batch.push(op_task);
                         }
                         Err(e) => {
@@ -298,7 +335,12 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
         st.done[t as usize] = true;
         st.remaining -= 1;
         st.progress.tasks_done += 1;
-        self.journal(&Entry::Done { p: st.p, t });
+        if self.done.0 != st.p && !self.done.1.is_empty() {
+            let t = std::mem::take(&mut self.done.1);
+            self.journal(&Entry::Done { p: self.done.0, t });
+        }
+        self.done.0 = st.p;
+        self.done.1.push(t);
         for &s in st.graph.successors(t) {
             let d = &mut st.indegree[s as usize];
             *d -= 1;
@@ -311,7 +353,9 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
     fn on_report(&mut self, st: &mut PhaseState<'_>, report: TaskReport) {
         match report {
             TaskReport::Started { task_id } => {
-                if let Some(&(t, _)) = st.in_flight.get(&task_id) {
+                if let Some(t) = self.in_flight_task(st, &task_id)
+                    && self.task_events()
+                {
                     let context = self.task_context(st, t, &task_id);
                     let text = format!("Task started '{}'", self.implementation(st, t));
                     self.emit(events::event("task_started", context, text));
@@ -323,9 +367,10 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
 
     fn on_result(&mut self, st: &mut PhaseState<'_>, result: TaskResult) {
         // Unknown ids are late or repeated answers: the task was already settled.
-        let Some((t, attempt)) = st.in_flight.remove(&result.task_id) else {
+        let Some(t) = self.in_flight_task(st, &result.task_id) else {
             return;
         };
+        let attempt = st.in_flight.remove(&t).unwrap_or_default();
         for (id, props) in result.runtime_properties {
             if let Some(&i) = self.world.instance_index.get(&id) {
                 self.world.set_runtime_properties(i, props);
@@ -335,18 +380,16 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
         if !self.params.dry_run {
             self.unflushed_runs = true;
         }
-        let context = self.task_context(st, t, &result.task_id);
-        let name = self.implementation(st, t).to_owned();
         match result.outcome {
             TaskOutcome::Succeeded { .. } => {
                 if st.phase.final_state().is_none() {
                     st.progress.instances_done += 1;
                 }
-                self.emit(events::event(
-                    "task_succeeded",
-                    context,
-                    format!("Task succeeded '{name}'"),
-                ));
+                if self.task_events() {
+                    let context = self.task_context(st, t, &result.task_id);
+                    let text = format!("Task succeeded '{}'", self.implementation(st, t));
+                    self.emit(events::event("task_succeeded", context, text));
+                }
                 self.complete(st, t);
             }
             TaskOutcome::Failed {
@@ -354,6 +397,8 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
                 recoverable,
                 retry_after_s,
             } => {
+                let context = self.task_context(st, t, &result.task_id);
+                let name = self.implementation(st, t).to_owned();
                 let (max_retries, interval) = self.retry_policy(st, t);
                 let may_retry = recoverable
                     && (max_retries < 0 || i64::from(attempt) < max_retries)
@@ -488,6 +533,33 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
         c
     }
 
+    /// The task an id names, when it is one this phase sent and has not settled. Task ids are
+    /// `<execution>-<phase>-<task>-<attempt>`, so no map from ids is kept.
+    fn in_flight_task(&self, st: &PhaseState<'_>, task_id: &str) -> Option<TaskId> {
+        let rest = task_id
+            .strip_prefix(self.base.execution_id.as_str())?
+            .strip_prefix('-')?;
+        let mut numbers = rest.split('-').map(|n| n.parse::<u32>().ok());
+        let (Some(Some(p)), Some(Some(t)), Some(Some(a)), None) = (
+            numbers.next(),
+            numbers.next(),
+            numbers.next(),
+            numbers.next(),
+        ) else {
+            return None;
+        };
+        (p == st.p && st.in_flight.get(&t) == Some(&a)).then_some(t)
+    }
+
+    fn task_ids(&self, instance: u32) -> TaskNode {
+        let ni = &self.world.instances[instance as usize];
+        TaskNode {
+            node_instance_id: ni.id.clone(),
+            node_id: ni.node_id.clone(),
+            ..TaskNode::default()
+        }
+    }
+
     fn task_node(&self, instance: u32) -> TaskNode {
         let ni = &self.world.instances[instance as usize];
         let node = self.world.node(instance);
@@ -500,13 +572,13 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
         }
     }
 
-    /// The message for an operation task, and its `task_sent` event.
+    /// The message of an operation task.
     fn operation_task(
         &self,
         st: &PhaseState<'_>,
         t: TaskId,
         attempt: u32,
-    ) -> Result<(OperationTask, Event), String> {
+    ) -> Result<OperationTask, String> {
         let task = st.graph.tasks[t as usize];
         let name = self.operation_name(st, t);
         let op = self
@@ -550,6 +622,14 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
             }
         }
         let task_id = format!("{}-{}-{}-{}", self.base.execution_id, st.p, t, attempt);
+        // A dry run runs nothing, so nothing reads the properties: the task carries ids only.
+        let task_node = |i| {
+            if self.params.dry_run {
+                self.task_ids(i)
+            } else {
+                self.task_node(i)
+            }
+        };
         let relationship = match (task.kind, sides) {
             (Kind::RelOp { rel, side, .. }, Some((s, tg))) => Some(TaskRelationship {
                 type_name: self.world.plan_rel(task.instance, rel).type_name.clone(),
@@ -558,13 +638,13 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
                     Side::Target => "target",
                 }
                 .to_owned(),
-                source: self.task_node(s),
-                target: self.task_node(tg),
+                source: task_node(s),
+                target: task_node(tg),
             }),
             _ => None,
         };
-        let op_task = OperationTask {
-            task_id: task_id.clone(),
+        Ok(OperationTask {
+            task_id,
             execution_id: self.base.execution_id.clone(),
             workflow_id: self.base.workflow_id.clone(),
             deployment_id: self.base.deployment_id.clone(),
@@ -577,16 +657,9 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
             attempt,
             timeout_s: op.timeout.as_ref().and_then(Value::as_f64),
             blueprint_dir: self.params.blueprint_dir.clone(),
-            node: self.task_node(task.instance),
+            node: task_node(task.instance),
             relationship,
-        };
-        let context = self.task_context(st, t, &task_id);
-        let event = events::event(
-            "task_sent",
-            context,
-            format!("Sending task '{}'", op.operation),
-        );
-        Ok((op_task, event))
+        })
     }
 }
 

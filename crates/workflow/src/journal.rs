@@ -39,10 +39,11 @@ pub(crate) enum Entry {
         p: u32,
         states: HashMap<String, String>,
     },
-    /// Task `t` of phase `p` finished (succeeded, or failed and was ignored).
+    /// Tasks `t` of phase `p` finished (succeeded, or failed and were ignored); one entry per
+    /// flush, not per task.
     Done {
         p: u32,
-        t: u32,
+        t: Vec<u32>,
     },
     /// Task `t` failed and runs again as attempt `a`.
     Retry {
@@ -98,7 +99,7 @@ impl Replay {
                 Entry::Phase { p, states } => {
                     replay.phases.entry(p).or_default().states = Some(states)
                 }
-                Entry::Done { p, t } => replay.phases.entry(p).or_default().done.push(t),
+                Entry::Done { p, t } => replay.phases.entry(p).or_default().done.extend(t),
                 Entry::Retry { p, t, a } => {
                     replay.phases.entry(p).or_default().attempts.insert(t, a);
                 }

@@ -402,7 +402,8 @@ impl<D: TaskDispatcher> Engine<D> {
                     .world
                     .instances
                     .iter()
-                    .map(|i| (i.id.clone(), i.state.clone()))
+                    .zip(&ex.world.states)
+                    .map(|(i, s)| (i.id.clone(), s.as_str().to_owned()))
                     .collect();
                 ex.journal(&Entry::Phase { p, states });
                 ex.world.states.clone()
@@ -418,6 +419,7 @@ impl<D: TaskDispatcher> Engine<D> {
                 }
             }
             attempts = record.attempts.clone();
+            ex.replay_states(&graph, &record.done);
         }
         let outcome = ex.run_phase(p, phase, &graph, done, attempts).await?;
         if !matches!(outcome, PhaseOutcome::Cancelled(_)) {

@@ -7,6 +7,10 @@ use drover_model::{NodeInstance, Plan, PlanNode, PlanRelationship};
 
 use crate::state::State;
 
+const CLEAN: u8 = 0;
+const STATE: u8 = 1;
+const PROPS: u8 = 2;
+
 /// One relationship of an instance, resolved: the target instance and the plan relationship.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Rel {
@@ -25,9 +29,13 @@ pub(crate) struct World {
     pub rels: Vec<Vec<Rel>>,
     pub instance_index: HashMap<String, u32>,
     pub node_index: HashMap<String, u32>,
-    /// Instances changed since the last flush to the store.
-    dirty: Vec<bool>,
-    dirty_list: Vec<u32>,
+    /// Instances changed since the last flush to the store: [`STATE`] or [`PROPS`].
+    dirty: Vec<u8>,
+    /// Instances whose runtime properties changed: written with the next journal batch.
+    props_dirty: Vec<u32>,
+    /// Instances whose state only changed: written when the phase ends. The journal has their
+    /// state changes (the set-state tasks done), so a resume rebuilds them.
+    state_dirty: Vec<u32>,
 }
 
 impl World {
@@ -91,8 +99,9 @@ impl World {
             rels,
             instance_index,
             node_index,
-            dirty: vec![false; n],
-            dirty_list: Vec::new(),
+            dirty: vec![CLEAN; n],
+            props_dirty: Vec::new(),
+            state_dirty: Vec::new(),
         })
     }
 
@@ -105,35 +114,44 @@ impl World {
         &self.node(instance).relationships[r.plan_rel as usize]
     }
 
+    /// Sets an instance's state. `instances[i].state` catches up in [`World::take_dirty`]:
+    /// until then `states` is the truth.
     pub fn set_state(&mut self, instance: u32, state: State) {
         self.states[instance as usize] = state;
-        let ni = &mut self.instances[instance as usize];
-        ni.state = state.as_str().to_owned();
-        ni.version += 1;
-        self.mark_dirty(instance);
+        self.instances[instance as usize].version += 1;
+        if self.dirty[instance as usize] == CLEAN {
+            self.dirty[instance as usize] = STATE;
+            self.state_dirty.push(instance);
+        }
     }
 
     pub fn set_runtime_properties(&mut self, instance: u32, props: drover_model::Map) {
         let ni = &mut self.instances[instance as usize];
         ni.runtime_properties = props;
         ni.version += 1;
-        self.mark_dirty(instance);
-    }
-
-    fn mark_dirty(&mut self, instance: u32) {
-        if !self.dirty[instance as usize] {
-            self.dirty[instance as usize] = true;
-            self.dirty_list.push(instance);
+        if self.dirty[instance as usize] != PROPS {
+            self.dirty[instance as usize] = PROPS;
+            self.props_dirty.push(instance);
         }
     }
 
-    /// The instances changed since the last call, cloned for the store.
-    pub fn take_dirty(&mut self) -> Vec<NodeInstance> {
-        let list = std::mem::take(&mut self.dirty_list);
+    /// The instances whose runtime properties changed since the last call, and with `all` also
+    /// those whose state only changed, cloned for the store.
+    pub fn take_dirty(&mut self, all: bool) -> Vec<NodeInstance> {
+        let mut list = std::mem::take(&mut self.props_dirty);
+        if all {
+            list.append(&mut self.state_dirty);
+        }
         list.into_iter()
+            // An instance in both lists shows up once.
+            .filter(|&i| std::mem::replace(&mut self.dirty[i as usize], CLEAN) != CLEAN)
             .map(|i| {
-                self.dirty[i as usize] = false;
-                self.instances[i as usize].clone()
+                let ni = &mut self.instances[i as usize];
+                let state = self.states[i as usize].as_str();
+                if ni.state != state {
+                    ni.state = state.to_owned();
+                }
+                ni.clone()
             })
             .collect()
     }

@@ -76,6 +76,10 @@ impl Reporter {
 }
 
 impl Observer for Reporter {
+    fn wants_task_events(&self) -> bool {
+        self.events.is_some()
+    }
+
     fn event(&mut self, event: &Event) {
         if let Some((file, _)) = &mut self.events
             && self.events_error.is_none()
