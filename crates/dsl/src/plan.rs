@@ -149,23 +149,18 @@ pub fn make(
     evaluate_nodes(&mut nodes, bp, &input_values, &budget)?;
     set_node_plugins(&mut nodes, &bp.plugins, bp)?;
 
-    let empty_nodes = HashMap::new();
-    let plain = Context {
+    // Outputs, capabilities, labels and scaling policies see the evaluated node properties.
+    let by_name: HashMap<&str, &Map> = nodes
+        .iter()
+        .map(|n| (n.id.as_str(), &n.properties))
+        .collect();
+    let ctx = Context {
         inputs: &input_values,
-        nodes: &empty_nodes,
+        nodes: &by_name,
         self_node: None,
         source: None,
         target: None,
         budget: &budget,
-    };
-    let raw_props: Vec<(&str, &Map)> = nodes
-        .iter()
-        .map(|n| (n.id.as_str(), &n.properties))
-        .collect();
-    let by_name: HashMap<&str, &Map> = raw_props.into_iter().collect();
-    let ctx = Context {
-        nodes: &by_name,
-        ..plain
     };
     let outputs = evaluate_section(&bp.outputs, &ctx, "outputs", root)?;
     let capabilities = evaluate_section(&bp.capabilities, &ctx, "capabilities", root)?;
@@ -208,8 +203,8 @@ pub fn make(
     let mut deployment = Vec::new();
     let mut host = Vec::new();
     for node in &nodes {
-        push_unique(&mut deployment, &node.deployment_plugins_to_install);
-        push_unique(&mut host, &node.plugins_to_install);
+        add_plugins(&mut deployment, &node.deployment_plugins_to_install);
+        add_plugins(&mut host, &node.plugins_to_install);
     }
     plan.deployment_plugins_to_install = deployment;
     plan.host_agent_plugins_to_install = host;
@@ -217,10 +212,14 @@ pub fn make(
     Ok(plan)
 }
 
-fn push_unique(into: &mut Vec<Json>, from: &[Json]) {
-    for p in from {
-        if !into.contains(p) {
-            into.push(p.clone());
+/// Adds plugins to a list keyed by plugin name, a later one replacing an earlier one of the same
+/// name (Cloudify keeps these lists in dicts by name).
+fn add_plugins(into: &mut Vec<Json>, from: &[Json]) {
+    let name = |p: &Json| p.get("name").cloned();
+    for plugin in from {
+        match into.iter_mut().find(|p| name(p) == name(plugin)) {
+            Some(slot) => *slot = plugin.clone(),
+            None => into.push(plugin.clone()),
         }
     }
 }
@@ -695,7 +694,7 @@ fn set_node_plugins(
         node.deployment_plugins_to_install = with_executor(CENTRAL);
         let host_agent = with_executor(HOST_AGENT);
         match &node.host_id {
-            Some(host) => push_unique(host_plugins.entry(host.clone()).or_default(), &host_agent),
+            Some(host) => add_plugins(host_plugins.entry(host.clone()).or_default(), &host_agent),
             None => {
                 if let Some(plugin) = node
                     .plugins
@@ -794,7 +793,7 @@ fn workflows(
         if let Some(p) = bp.plugins.get(&plugin)
             && p.get("install") != Some(&Json::Bool(false))
         {
-            push_unique(&mut to_install, &[Json::Object(p.clone())]);
+            add_plugins(&mut to_install, &[Json::Object(p.clone())]);
         }
         out.insert(
             name.clone(),
