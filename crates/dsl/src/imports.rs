@@ -272,6 +272,11 @@ fn resolve(
             return existing(dir.join(rest.trim_start_matches('/')), url);
         }
     }
+    if url.starts_with("blueprint:") {
+        return Err(format!(
+            "cannot resolve import {url:?}: blueprint imports name a blueprint uploaded to a manager, and imports are resolved offline"
+        ));
+    }
     if let Some(plugin) = url.strip_prefix("plugin:") {
         let name = plugin.split('?').next().unwrap_or_default().trim();
         let Some(mirror) = &options.spec_mirror else {
