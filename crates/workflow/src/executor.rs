@@ -3,10 +3,9 @@
 //! instance changes flushed to the store in batches.
 //!
 //! Flushing: task completions are journaled in batches of up to [`BATCH`] entries or every
-//! [`FLUSH_EVERY`]. Before sending new tasks, a batch holding the completion of an operation
-//! that really ran is flushed first, so a crash cannot lose the fact that an operation finished
-//! once anything after it started. Dry-run completions are only batched: re-sending those after
-//! a crash runs nothing.
+//! [`FLUSH_EVERY`]. Completions of operations that really ran are flushed as soon as the reports
+//! that arrived together are handled, so a crash re-sends only what was in flight. Dry-run
+//! completions are only batched: re-sending those after a crash runs nothing.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -196,14 +195,11 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
         );
         loop {
             let batch = self.fill(&mut st);
-            if !batch.is_empty() {
-                if self.unflushed_runs {
-                    self.write(false)?;
-                }
-                if let Err(e) = self.dispatcher.send(batch).await {
-                    st.failed.get_or_insert(e.to_string());
-                    st.in_flight.clear();
-                }
+            if !batch.is_empty()
+                && let Err(e) = self.dispatcher.send(batch).await
+            {
+                st.failed.get_or_insert(e.to_string());
+                st.in_flight.clear();
             }
             if self.done.1.len() + self.journal.len() >= BATCH
                 || self.last_flush.elapsed() >= FLUSH_EVERY
@@ -235,6 +231,11 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
                     self.on_report(&mut st, report);
                     while let Ok(report) = self.reports.try_recv() {
                         self.on_report(&mut st, report);
+                    }
+                    // Operations that ran are journaled as soon as they are known to be done:
+                    // a crash then re-sends only what was really in flight.
+                    if self.unflushed_runs {
+                        self.write(false)?;
                     }
                 }
                 _ = sleep_until(next_retry), if next_retry.is_some() && st.ready.is_empty() => {

@@ -1,0 +1,235 @@
+//! `drover local` end to end: the real binary, real script operations through the in-process
+//! agent, and a kill -9 in the middle of an install followed by `drover local resume`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const DROVER: &str = env!("CARGO_BIN_EXE_drover");
+
+/// A blueprint whose operations log "start"/"end" lines to `log` ("end ID OP EPOCH_MS"); "end"
+/// is written only after a `ctx` call succeeds, so an operation orphaned by a killed drover
+/// never writes it.
+fn write_blueprint(dir: &Path, log: &Path, sleep_s: f64) {
+    let script = format!(
+        "#!/bin/bash\nset -e\necho \"start $(ctx instance id) $op\" >> {log}\nsleep {sleep_s}\nctx instance runtime-properties \"${{op}}_done\" true\necho \"end $(ctx instance id) $op $(date +%s%3N)\" >> {log}\n",
+        log = log.display()
+    );
+    std::fs::write(dir.join("op.sh"), script).unwrap();
+    let ops = |indent: &str| {
+        ["create", "configure", "start"]
+            .iter()
+            .map(|op| {
+                format!("{indent}{op}:\n{indent}  implementation: op.sh\n{indent}  inputs:\n{indent}    op: {op}\n")
+            })
+            .collect::<String>()
+    };
+    let node = |name: &str, instances: u32| {
+        format!(
+            "  {name}:\n    type: cloudify.nodes.Root\n    capabilities:\n      scalable:\n        \
+             properties:\n          default_instances: {instances}\n    interfaces:\n      \
+             cloudify.interfaces.lifecycle:\n{}",
+            ops("        ")
+        )
+    };
+    let blueprint = [
+        "tosca_definitions_version: cloudify_dsl_1_4\nimports:\n  - cloudify/types/types.yaml\n".to_owned(),
+        "node_templates:\n".to_owned(),
+        node("a", 6),
+        node("b", 3),
+        "    relationships:\n      - type: cloudify.relationships.connected_to\n        target: a\n".to_owned(),
+        "outputs:\n  a_started:\n    value: { get_attribute: [a, start_done] }\n".to_owned(),
+    ]
+    .concat();
+    std::fs::write(dir.join("blueprint.yaml"), blueprint).unwrap();
+}
+
+fn drover(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(DROVER)
+        .args(args)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn lines(log: &Path, kind: &str) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with(kind))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn install_outputs_instances_uninstall() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("ops.log");
+    write_blueprint(dir.path(), &log, 0.0);
+    let events = dir.path().join("events.jsonl");
+    let out = drover(
+        dir.path(),
+        &[
+            "local",
+            "install",
+            "blueprint.yaml",
+            "--events-json",
+            events.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines(&log, "end").len(), 27);
+
+    let out = drover(dir.path(), &["local", "instances", "--format", "json"]);
+    let instances: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let instances = instances.as_array().unwrap();
+    assert_eq!(instances.len(), 9);
+    for i in instances {
+        assert_eq!(i["state"], "started");
+        assert_eq!(i["runtime_properties"]["start_done"], true);
+    }
+    let b = instances.iter().find(|i| i["node_id"] == "b").unwrap();
+    let rels = b["relationships"].as_array().unwrap();
+    assert_eq!(rels.len(), 6);
+    assert_eq!(rels[0]["target_name"], "a");
+    assert!(rels[0]["target_id"].as_str().unwrap().starts_with("a_"));
+
+    let text = std::fs::read_to_string(&events).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events[0]["event_type"], "workflow_started");
+    assert_eq!(events.last().unwrap()["event_type"], "workflow_succeeded");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["event_type"] == "task_succeeded")
+            .count(),
+        27
+    );
+
+    // a has six instances: the output is ambiguous, as in Cloudify, and says so.
+    let out = drover(dir.path(), &["local", "outputs"]);
+    assert!(out.status.success());
+    let outputs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(outputs["a_started"].as_str().unwrap().contains("ambiguous"));
+
+    let out = drover(dir.path(), &["local", "install", "blueprint.yaml"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an installed deployment is not replaced"
+    );
+
+    let out = drover(dir.path(), &["local", "uninstall"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = drover(dir.path(), &["local", "instances", "--format", "json"]);
+    let instances: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        instances
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["state"] == "deleted")
+    );
+}
+
+/// "end" lines as (instance op, epoch ms).
+fn ends(log: &Path) -> Vec<(String, u128)> {
+    lines(log, "end")
+        .iter()
+        .filter_map(|l| {
+            let (op, ms) = l.strip_prefix("end ")?.rsplit_once(' ')?;
+            Some((op.to_owned(), ms.parse().ok()?))
+        })
+        .collect()
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+}
+
+/// An operation that finished before the kill is not run again by the resume. One that
+/// finished in the last moment before it (its result not yet journaled: within `WINDOW_MS`)
+/// counts as in flight and may run once more, as the issue allows for operations whose process
+/// died mid-run.
+#[test]
+fn kill_9_during_install_then_resume_finishes_without_rerunning_finished_operations() {
+    const WINDOW_MS: u128 = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("ops.log");
+    write_blueprint(dir.path(), &log, 0.3);
+    let mut child = Command::new(DROVER)
+        .args([
+            "local",
+            "install",
+            "blueprint.yaml",
+            "--parallelism",
+            "4",
+            "--state-dir",
+        ])
+        .arg(dir.path().join("state"))
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // 27 operations of 0.3 s, 4 at a time: about 2.5 s. Kill in the middle.
+    std::thread::sleep(Duration::from_millis(1500));
+    let killed_at = now_ms();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before = ends(&log);
+    let settled: Vec<&String> = before
+        .iter()
+        .filter(|(_, ms)| *ms + WINDOW_MS < killed_at)
+        .map(|(op, _)| op)
+        .collect();
+    assert!(
+        !settled.is_empty() && before.len() < 27,
+        "{before:?} ended before the kill"
+    );
+
+    let out = drover(dir.path(), &["local", "resume"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = ends(&log);
+    let count = |op: &String| after.iter().filter(|(o, _)| o == op).count();
+    let mut unique: Vec<&String> = after.iter().map(|(op, _)| op).collect();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 27, "every operation finished: {after:#?}");
+    for op in settled {
+        assert_eq!(count(op), 1, "{op} finished before the kill and ran again");
+    }
+    assert!(unique.iter().all(|op| count(op) <= 2), "{after:#?}");
+
+    let out = drover(dir.path(), &["local", "instances", "--format", "json"]);
+    let instances: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        instances
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["state"] == "started")
+    );
+    let out = drover(dir.path(), &["local", "resume"]);
+    assert_eq!(out.status.code(), Some(1), "nothing left to resume");
+}
