@@ -1,7 +1,8 @@
 //! Runtime intrinsic functions, evaluated when a task is sent and when outputs are read:
 //! `get_attribute` (runtime properties first, then node properties; `SELF`, `SOURCE`, `TARGET`
-//! or a node name, resolved to one instance through relationships or the host when the node has
-//! several) and `concat` over their results. Plan-time functions were evaluated by the parser.
+//! or a node name, resolved as Cloudify does when the node has several instances: the one SELF
+//! has a relationship to, else the one in SELF's scaling group instance) and `concat` over their
+//! results. Plan-time functions were evaluated by the parser.
 
 use drover_model::Map;
 use serde_json::Value;
@@ -114,39 +115,41 @@ fn resolve(entity: &str, w: &World, scope: Scope) -> Result<u32, String> {
             if candidates.len() == 1 {
                 return Ok(candidates[0]);
             }
-            let Some(this) = scope.this else {
-                return Err(format!(
-                    "get_attribute: node {node} has {} instances; which one is ambiguous",
-                    candidates.len()
-                ));
+            let ambiguous = || {
+                format!(
+                    "get_attribute: more than one node instance found for node \"{node}\"; \
+                     cannot resolve a node instance unambiguously"
+                )
             };
-            let related: Vec<u32> = candidates
-                .into_iter()
-                .filter(|&c| related(w, this, c))
+            let Some(this) = scope.this else {
+                return Err(ambiguous());
+            };
+            // As Cloudify: the one instance SELF has relationships to, else the one in SELF's
+            // scaling group instance.
+            let by_relationship: Vec<u32> = candidates
+                .iter()
+                .copied()
+                .filter(|&c| w.rels[this as usize].iter().any(|r| r.target == c))
                 .collect();
-            match related.as_slice() {
+            if let [one] = by_relationship.as_slice() {
+                return Ok(*one);
+            }
+            let groups = &w.instances[this as usize].scaling_groups;
+            let by_group: Vec<u32> = candidates
+                .into_iter()
+                .filter(|&c| {
+                    w.instances[c as usize]
+                        .scaling_groups
+                        .iter()
+                        .any(|g| groups.iter().any(|h| h.id == g.id))
+                })
+                .collect();
+            match by_group.as_slice() {
                 [one] => Ok(*one),
-                _ => Err(format!(
-                    "get_attribute: node {node} has several instances and {} is related to {} of them",
-                    w.instances[this as usize].id,
-                    related.len()
-                )),
+                _ => Err(ambiguous()),
             }
         }
     }
-}
-
-/// Whether two instances are tied by a relationship (either way), a host, or a scaling group
-/// instance.
-fn related(w: &World, a: u32, b: u32) -> bool {
-    let (ia, ib) = (&w.instances[a as usize], &w.instances[b as usize]);
-    w.rels[a as usize].iter().any(|r| r.target == b)
-        || w.rels[b as usize].iter().any(|r| r.target == a)
-        || (ia.host_id.is_some() && ia.host_id == ib.host_id)
-        || ia
-            .scaling_groups
-            .iter()
-            .any(|g| ib.scaling_groups.iter().any(|h| h.id == g.id))
 }
 
 /// The deployment's outputs, with runtime functions evaluated; an output that cannot be
