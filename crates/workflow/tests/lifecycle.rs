@@ -355,3 +355,55 @@ async fn outputs_are_evaluated_against_runtime_properties() {
     assert_eq!(outputs["created"], json!(true));
     assert_eq!(outputs["plain"], json!(3));
 }
+
+#[tokio::test]
+async fn reinstall_uninstalls_then_installs_everything() {
+    let runner = RecordingRunner::new();
+    let engine = engine(three_tier(), runner.clone());
+    install(&engine).await;
+    let n = runner.record.lines().len();
+    let (e, _) = run(&engine, "reinstall", json!({})).await;
+    assert_eq!(e.status, ExecutionStatus::Terminated, "{}", e.error);
+    let ops: Vec<String> = runner.record.lines()[n..]
+        .iter()
+        .map(|l| op(l).to_owned())
+        .collect();
+    let last_delete = ops.iter().rposition(|o| o == "delete").unwrap();
+    let first_create = ops.iter().position(|o| o == "create").unwrap();
+    assert!(last_delete < first_create, "{ops:?}");
+    assert!(instances(&engine).values().all(|i| i.state == "started"));
+}
+
+#[tokio::test]
+async fn workflows_mapped_to_cloudify_implementations_run_their_built_in() {
+    let mut plan = three_tier();
+    for (name, implementation) in [
+        ("my_heal", "auto_heal_reinstall_node_subgraph"),
+        ("my_scale", "scale_entity"),
+        ("agents", "install_new_agents"),
+    ] {
+        plan.workflows.insert(
+            name.into(),
+            drover_model::WorkflowSpec {
+                plugin: "default_workflows".into(),
+                operation: format!("cloudify.plugins.workflows.{implementation}"),
+                ..Default::default()
+            },
+        );
+    }
+    let engine = engine(plan, RecordingRunner::new());
+    install(&engine).await;
+    let (e, _) = run(&engine, "my_scale", json!({"scalable_entity_name": "db"})).await;
+    assert_eq!(e.status, ExecutionStatus::Terminated, "{}", e.error);
+    assert_eq!(
+        instances(&engine)
+            .values()
+            .filter(|i| i.node_id == "db")
+            .count(),
+        2
+    );
+    let (e, _) = run(&engine, "my_heal", json!({"node_instance_id": "host_1"})).await;
+    assert_eq!(e.status, ExecutionStatus::Terminated, "{}", e.error);
+    let refused = engine.create_execution("d", "agents", Default::default(), false);
+    assert!(refused.unwrap_err().to_string().contains("does not run"));
+}
