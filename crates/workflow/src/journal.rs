@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use drover_model::NodeInstance;
+use drover_model::{InstanceRelationship, NodeInstance};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -25,6 +25,10 @@ pub(crate) struct WorkflowPlan {
     /// Instances deleted after the last phase succeeded (scale-in).
     #[serde(default)]
     pub removed: Vec<String>,
+    /// Relationships that existing instances gain to added instances (a scaled-out node that
+    /// others connect to), by source instance id: added with the instances.
+    #[serde(default)]
+    pub relinked: Vec<(String, Vec<InstanceRelationship>)>,
 }
 
 /// One journal line. Phases are numbered in the order they run: `phases`, then `rollback`.

@@ -328,13 +328,28 @@ impl<D: TaskDispatcher> Engine<D> {
     ) -> Result<PhaseOutcome, EngineError> {
         if !plan.added.is_empty() {
             let existing = &ex.world.instance_index;
-            let missing: Vec<NodeInstance> = plan
+            let mut changed: Vec<NodeInstance> = plan
                 .added
                 .iter()
                 .filter(|i| !existing.contains_key(&i.id))
                 .cloned()
                 .collect();
-            self.store.put_node_instances(&deployment.id, &missing)?;
+            for (id, rels) in &plan.relinked {
+                let Some(&i) = existing.get(id) else {
+                    continue;
+                };
+                let mut ni = ex.world.instances[i as usize].clone();
+                let before = ni.relationships.len();
+                for rel in rels {
+                    if !ni.relationships.contains(rel) {
+                        ni.relationships.push(rel.clone());
+                    }
+                }
+                if ni.relationships.len() != before {
+                    changed.push(ni);
+                }
+            }
+            self.store.put_node_instances(&deployment.id, &changed)?;
             self.reindex(ex, deployment)?;
         }
         ex.phases_total = plan.phases.len() as u32;
@@ -347,9 +362,7 @@ impl<D: TaskDispatcher> Engine<D> {
         }
         match &outcome {
             PhaseOutcome::Succeeded if !plan.removed.is_empty() => {
-                self.store
-                    .delete_node_instances(&deployment.id, &plan.removed)?;
-                self.reindex(ex, deployment)?;
+                self.remove_instances(ex, deployment, &plan.removed)?;
             }
             PhaseOutcome::Failed(_) if !plan.rollback.is_empty() => {
                 let first = plan.phases.len() as u32;
@@ -357,12 +370,37 @@ impl<D: TaskDispatcher> Engine<D> {
                     self.run_phase(ex, first + k as u32, phase, replay).await?;
                 }
                 let added: Vec<String> = plan.added.iter().map(|i| i.id.clone()).collect();
-                self.store.delete_node_instances(&deployment.id, &added)?;
-                self.reindex(ex, deployment)?;
+                self.remove_instances(ex, deployment, &added)?;
             }
             _ => {}
         }
         Ok(outcome)
+    }
+
+    /// Deletes instances, and the relationships other instances have to them.
+    fn remove_instances(
+        &self,
+        ex: &mut Executor<'_, D>,
+        deployment: &mut Deployment,
+        ids: &[String],
+    ) -> Result<(), EngineError> {
+        ex.flush()?;
+        let gone: std::collections::HashSet<&String> = ids.iter().collect();
+        let relinked: Vec<NodeInstance> = ex
+            .world
+            .instances
+            .iter()
+            .filter(|i| !gone.contains(&i.id))
+            .filter(|i| i.relationships.iter().any(|r| gone.contains(&r.target_id)))
+            .map(|i| {
+                let mut i = i.clone();
+                i.relationships.retain(|r| !gone.contains(&r.target_id));
+                i
+            })
+            .collect();
+        self.store.put_node_instances(&deployment.id, &relinked)?;
+        self.store.delete_node_instances(&deployment.id, ids)?;
+        self.reindex(ex, deployment)
     }
 
     /// Re-reads the instances after the workflow added or removed some, and recounts the plan.

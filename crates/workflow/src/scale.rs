@@ -39,6 +39,7 @@ pub(crate) fn plan(world: &World, params: &Map) -> Result<WorkflowPlan, String> 
     let roots = root_nodes(world, entity, flag(params, "scale_compute")?)?;
     if delta > 0 {
         let added = scale_out(world, &roots, delta as usize);
+        let relinked = relink(world, &added);
         let ids: Vec<String> = added.iter().map(|i| i.id.clone()).collect();
         let rollback = if rollback {
             vec![Phase::Uninstall {
@@ -55,6 +56,7 @@ pub(crate) fn plan(world: &World, params: &Map) -> Result<WorkflowPlan, String> 
             rollback,
             added,
             removed: Vec::new(),
+            relinked,
         })
     } else if delta < 0 {
         let include: HashSet<String> = strings(params, "include_instances")?.into_iter().collect();
@@ -78,6 +80,7 @@ pub(crate) fn plan(world: &World, params: &Map) -> Result<WorkflowPlan, String> 
             rollback: Vec::new(),
             added: Vec::new(),
             removed,
+            relinked: Vec::new(),
         })
     } else {
         Ok(WorkflowPlan::default())
@@ -304,6 +307,40 @@ fn link(world: &World, copy: &mut [NodeInstance]) {
         }
         ni.relationships = rels;
     }
+}
+
+/// Relationships existing instances gain to the added ones: an existing instance whose node has a
+/// (non-contained) relationship to a node with new instances connects to each of them, and runs
+/// establish with them (as an intact instance of the install phase).
+fn relink(world: &World, added: &[NodeInstance]) -> Vec<(String, Vec<InstanceRelationship>)> {
+    let mut new_by_node: HashMap<&str, Vec<&str>> = HashMap::new();
+    for ni in added {
+        new_by_node.entry(&ni.node_id).or_default().push(&ni.id);
+    }
+    let mut out = Vec::new();
+    for (i, ni) in world.instances.iter().enumerate() {
+        let mut rels = Vec::new();
+        for rel in &world.node(i as u32).relationships {
+            if rel.is_contained_in() {
+                continue;
+            }
+            for target in new_by_node
+                .get(rel.target_id.as_str())
+                .into_iter()
+                .flatten()
+            {
+                rels.push(InstanceRelationship {
+                    type_name: rel.type_name.clone(),
+                    target_id: (*target).to_owned(),
+                    target_name: rel.target_id.clone(),
+                });
+            }
+        }
+        if !rels.is_empty() {
+            out.push((ni.id.clone(), rels));
+        }
+    }
+    out
 }
 
 /// Picks the root instances to remove: `count` per container instance (or overall), the

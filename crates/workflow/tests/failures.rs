@@ -297,3 +297,29 @@ async fn resume_after_the_process_dies_mid_install() {
             .any(|e| e.message.text.starts_with("Resuming"))
     );
 }
+
+#[tokio::test]
+async fn a_failed_execution_resumes_from_its_failed_task() {
+    let runner = RecordingRunner::new().fail(fail("configure", "b_1", 1, false));
+    let engine = engine(chain(), runner.clone());
+    let (e, _) = run(&engine, "install", json!({})).await;
+    assert_eq!(e.status, ExecutionStatus::Failed);
+    let before = runner.record.lines();
+    let (_canceller, cancel) = Canceller::new();
+    let mut observer = null();
+    let resumed = engine
+        .run(&e.id, &RunOptions::default(), &mut observer, cancel)
+        .await
+        .unwrap();
+    assert_eq!(
+        resumed.status,
+        ExecutionStatus::Terminated,
+        "{}",
+        resumed.error
+    );
+    let after = runner.record.lines()[before.len()..].to_vec();
+    // Only the failed operation and what came after it ran.
+    assert_eq!(after.first().map(String::as_str), Some("configure b_1"));
+    assert!(!after.iter().any(|l| owner(l) == "a_1"), "{after:?}");
+    assert!(instances(&engine).values().all(|i| i.state == "started"));
+}

@@ -267,3 +267,81 @@ async fn heal_reinstalls_the_failing_host_subgraph_only() {
     );
     assert!(all.values().all(|i| i.state == "started"));
 }
+
+#[tokio::test]
+async fn scaling_a_connected_to_target_relinks_its_sources() {
+    let runner = RecordingRunner::new();
+    let engine = engine(hosted(), runner.clone());
+    install(&engine).await;
+    let n = runner.record.lines().len();
+    let (e, _) = run(
+        &engine,
+        "scale",
+        json!({"scalable_entity_name": "db", "delta": 1}),
+    )
+    .await;
+    assert_eq!(e.status, ExecutionStatus::Terminated, "{}", e.error);
+    let all = instances(&engine);
+    let new_db = all
+        .values()
+        .find(|i| i.node_id == "db" && i.id != "db_1")
+        .unwrap()
+        .id
+        .clone();
+    for app in all.values().filter(|i| i.node_id == "app") {
+        assert!(
+            app.relationships.iter().any(|r| r.target_id == new_db),
+            "{app:?}"
+        );
+    }
+    let lines = runner.record.lines()[n..].to_vec();
+    // The intact apps establish with the new db, after it started; nothing else of theirs runs.
+    let started = lines
+        .iter()
+        .position(|l| l == &format!("start {new_db}"))
+        .unwrap();
+    let establish: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| op(l) == "establish" && l.contains(&format!("->{new_db}")))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(establish.len(), 4 * 2, "{lines:?}");
+    assert!(establish.iter().all(|&i| i > started));
+    assert!(
+        !lines
+            .iter()
+            .any(|l| op(l) == "create" && owner(l).starts_with("app"))
+    );
+
+    let n = runner.record.lines().len();
+    let (e, _) = run(
+        &engine,
+        "scale",
+        json!({"scalable_entity_name": "db", "delta": -1, "include_instances": [new_db.clone()]}),
+    )
+    .await;
+    assert_eq!(e.status, ExecutionStatus::Terminated, "{}", e.error);
+    let lines = runner.record.lines()[n..].to_vec();
+    let stop = lines
+        .iter()
+        .position(|l| l == &format!("stop {new_db}"))
+        .unwrap();
+    let unlinks: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| op(l) == "unlink")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(unlinks.len(), 4 * 2, "{lines:?}");
+    assert!(
+        unlinks.iter().all(|&i| i < stop),
+        "sources unlink before the target goes"
+    );
+    let all = instances(&engine);
+    assert!(!all.contains_key(&new_db));
+    assert!(
+        all.values()
+            .all(|i| i.relationships.iter().all(|r| r.target_id != new_db))
+    );
+}
