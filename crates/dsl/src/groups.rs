@@ -49,7 +49,7 @@ pub fn scaling_groups(
         }
     }
     let parent = parents(&groups, bp)?;
-    let containers = containers(nodes);
+    let containers = containers(nodes, &parent);
     check_shared_containers(&groups, &parent, &containers, bp)?;
     remove_contained_members(&mut groups, &parent, &containers);
     Ok(groups)
@@ -135,8 +135,13 @@ fn parents(
     Ok(parent)
 }
 
-/// Each node's contained_in chain: the node itself first, then its container, and so on.
-fn containers(nodes: &[PlanNode]) -> HashMap<String, Vec<String>> {
+/// The contained_in chain of each node that is a scaling-group member: the node itself first,
+/// then its container, and so on. (Only members: the chains of all nodes of a deep containment
+/// would take quadratic memory.)
+fn containers(
+    nodes: &[PlanNode],
+    parent: &HashMap<String, String>,
+) -> HashMap<String, Vec<String>> {
     let container: HashMap<&str, &str> = nodes
         .iter()
         .filter_map(|n| {
@@ -146,6 +151,7 @@ fn containers(nodes: &[PlanNode]) -> HashMap<String, Vec<String>> {
         .collect();
     nodes
         .iter()
+        .filter(|n| parent.contains_key(&n.id))
         .map(|n| {
             let mut chain = vec![n.id.clone()];
             let mut current = n.id.as_str();

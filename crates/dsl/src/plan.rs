@@ -2,7 +2,7 @@
 //! functions evaluated, host nodes, scaling groups and workflows, in the shape of Cloudify's
 //! `prepare_deployment_plan`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use indexmap::IndexMap;
@@ -449,47 +449,79 @@ fn check_lifecycle_operation_target(
 
 /// Host of each node: itself for a Compute node, else its contained_in target's host.
 fn set_host_ids(nodes: &mut [PlanNode], bp: &Blueprint) -> Result<(), Error> {
+    /// Where the walk up the contained_in chain stands for a node.
+    #[derive(Clone, Copy)]
+    enum Host {
+        Unknown,
+        Visiting,
+        Known(Option<usize>),
+    }
     let index: HashMap<&str, usize> = nodes
         .iter()
         .enumerate()
         .map(|(i, n)| (n.id.as_str(), i))
         .collect();
-    let mut hosts: Vec<Option<String>> = Vec::with_capacity(nodes.len());
-    for node in nodes.iter() {
-        let mut seen = HashSet::new();
-        let mut current = node;
+    let container = |i: usize| {
+        nodes
+            .get(i)?
+            .relationships
+            .iter()
+            .find(|r| r.is_contained_in())
+            .and_then(|r| index.get(r.target_id.as_str()).copied())
+    };
+    let is_compute = |i: usize| {
+        nodes
+            .get(i)
+            .is_some_and(|n| n.type_hierarchy.iter().any(|t| t == COMPUTE))
+    };
+    // Each node is walked once: a walk stops at a node whose host is known.
+    let mut hosts = vec![Host::Unknown; nodes.len()];
+    for start in 0..nodes.len() {
+        let mut path = Vec::new();
+        let mut current = start;
         let host = loop {
-            if !seen.insert(current.id.as_str()) {
-                let mark = bp
-                    .node_templates
-                    .get(&node.id)
-                    .map(|t| t.mark.clone())
-                    .unwrap_or_default();
-                return Err(mark.error(
-                    format!("node_templates.{}.relationships", node.id),
-                    format!(
-                        "node template '{}' is contained in itself (a contained_in cycle)",
-                        node.id
-                    ),
-                ));
+            match hosts.get(current).copied().unwrap_or(Host::Known(None)) {
+                Host::Known(host) => break host,
+                Host::Visiting => {
+                    let id = nodes.get(start).map(|n| n.id.clone()).unwrap_or_default();
+                    let mark = bp
+                        .node_templates
+                        .get(&id)
+                        .map(|t| t.mark.clone())
+                        .unwrap_or_default();
+                    return Err(mark.error(
+                        format!("node_templates.{id}.relationships"),
+                        format!("node template '{id}' is in a contained_in cycle"),
+                    ));
+                }
+                Host::Unknown => {}
             }
-            if current.type_hierarchy.iter().any(|t| t == COMPUTE) {
-                break Some(current.id.clone());
+            if let Some(h) = hosts.get_mut(current) {
+                *h = Host::Visiting;
             }
-            let next = current
-                .relationships
-                .iter()
-                .find(|r| r.is_contained_in())
-                .and_then(|r| index.get(r.target_id.as_str()))
-                .and_then(|i| nodes.get(*i));
-            match next {
-                Some(n) => current = n,
+            path.push(current);
+            if is_compute(current) {
+                break Some(current);
+            }
+            match container(current) {
+                Some(next) => current = next,
                 None => break None,
             }
         };
-        hosts.push(host);
+        for i in path {
+            if let Some(h) = hosts.get_mut(i) {
+                *h = Host::Known(host);
+            }
+        }
     }
-    for (node, host) in nodes.iter_mut().zip(hosts) {
+    let ids: Vec<Option<String>> = hosts
+        .iter()
+        .map(|h| match h {
+            Host::Known(Some(i)) => nodes.get(*i).map(|n| n.id.clone()),
+            _ => None,
+        })
+        .collect();
+    for (node, host) in nodes.iter_mut().zip(ids) {
         node.host_id = host;
     }
     Ok(())

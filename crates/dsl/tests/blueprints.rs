@@ -715,3 +715,22 @@ fn imports_with_properties_need_dsl_1_5() {
     );
     assert_eq!(at(&e).2, "imports.0");
 }
+
+#[test]
+fn contained_in_cycles_are_rejected_and_deep_chains_are_linear() {
+    let e = error(
+        "tosca_definitions_version: cloudify_dsl_1_3\nnode_types:\n  t: {}\nrelationships:\n  cloudify.relationships.contained_in: {}\nnode_templates:\n  a:\n    type: t\n    relationships: [{type: cloudify.relationships.contained_in, target: b}]\n  b:\n    type: t\n    relationships: [{type: cloudify.relationships.contained_in, target: a}]\n",
+    );
+    assert!(e.message.contains("contained_in cycle"), "{e}");
+    let mut text = String::from(
+        "tosca_definitions_version: cloudify_dsl_1_3\nnode_types:\n  cloudify.nodes.Compute: {}\n  t: {}\nrelationships:\n  cloudify.relationships.contained_in: {}\nnode_templates:\n  n0: {type: cloudify.nodes.Compute}\n",
+    );
+    for i in 1..3000 {
+        text.push_str(&format!(
+            "  n{i}:\n    type: t\n    relationships: [{{type: cloudify.relationships.contained_in, target: n{}}}]\n",
+            i - 1
+        ));
+    }
+    let p = plan(&text);
+    assert_eq!(node(&p, "n2999").host_id.as_deref(), Some("n0"));
+}
