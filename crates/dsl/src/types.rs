@@ -12,7 +12,7 @@
 //!   ones without a default are errors, unknown ones are errors, and data-typed values are filled
 //!   from their data type the same way.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use indexmap::IndexMap;
 use serde_json::Value as Json;
@@ -34,6 +34,9 @@ pub struct Derived {
     pub target_interfaces: Interfaces,
 }
 
+/// The longest derivation chain accepted (every derived type keeps its whole hierarchy).
+const MAX_DERIVATION_DEPTH: usize = 1000;
+
 /// Derives every type of a section (`node_types`, `relationships`, `data_types`), rejecting
 /// unknown parents and cyclic derivations. Each type is folded once, from its nearest derived
 /// ancestor.
@@ -45,9 +48,10 @@ pub fn derive_all(
     for name in defs.keys() {
         // Walk up to the first derived ancestor (or the root).
         let mut chain: Vec<&str> = Vec::new();
+        let mut on_chain: HashSet<&str> = HashSet::new();
         let mut current = name.as_str();
         while !done.contains_key(current) {
-            if chain.contains(&current) {
+            if !on_chain.insert(current) {
                 let def_mark = defs.get(name).map(|d| d.mark.clone()).unwrap_or_default();
                 chain.push(current);
                 return Err(def_mark.error(
@@ -78,6 +82,14 @@ pub fn derive_all(
                 continue;
             };
             let parent = def.derived_from.as_ref().and_then(|(p, _)| done.get(p));
+            if parent.is_some_and(|p| p.hierarchy.len() >= MAX_DERIVATION_DEPTH) {
+                return Err(def.mark.error(
+                    format!("{section}.{type_name}"),
+                    format!(
+                        "'{type_name}' derives from more than {MAX_DERIVATION_DEPTH} ancestors"
+                    ),
+                ));
+            }
             let derived = derive(type_name, def, parent);
             done.insert((*type_name).to_string(), derived);
         }
@@ -436,6 +448,21 @@ mod tests {
             derived.get("c").map(|d| d.hierarchy.clone()),
             Some(vec!["a".into(), "b".into(), "c".into()])
         );
+    }
+
+    #[test]
+    fn derivation_depth_is_bounded() {
+        let defs: IndexMap<String, TypeDef> = (0..MAX_DERIVATION_DEPTH + 5)
+            .map(|i| {
+                let parent = (i > 0).then(|| format!("t{}", i - 1));
+                (format!("t{i}"), def(parent.as_deref()))
+            })
+            .collect();
+        let err = derive_all("node_types", &defs)
+            .err()
+            .map(|e| e.message)
+            .unwrap_or_default();
+        assert!(err.contains("more than 1000 ancestors"), "{err}");
     }
 
     #[test]
