@@ -15,7 +15,9 @@ pub use plan::{
 pub use runtime::{
     Deployment, Event, EventContext, EventMessage, Execution, ExecutionStatus, NodeInstance,
 };
-pub use task::{OperationTask, TaskNode, TaskOutcome, TaskRelationship, TaskResult};
+pub use task::{
+    OperationTask, PROVISIONING_PLUGIN, TaskNode, TaskOutcome, TaskRelationship, TaskResult,
+};
 
 /// A JSON object, in insertion order (property order is kept as the blueprint wrote it).
 pub type Map = serde_json::Map<String, serde_json::Value>;

@@ -9,6 +9,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::Map;
 
+/// The plugin of the tasks that ask the provisioner, not an agent, to make (implementation
+/// `create`) or free (`delete`) the server of a Compute node instance whose blueprint gives it no
+/// create/delete of its own. The dispatcher routes them; the result carries the server's runtime
+/// properties (`ip`, `external_id`).
+pub const PROVISIONING_PLUGIN: &str = "drover_provisioning";
+
 /// One operation to run on one node instance (or one side of a relationship instance).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OperationTask {

@@ -9,10 +9,12 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use drover_model::{
-    Event, EventContext, OperationTask, TaskNode, TaskOutcome, TaskRelationship, TaskResult,
+    Event, EventContext, Operation, OperationTask, PROVISIONING_PLUGIN, TaskNode, TaskOutcome,
+    TaskRelationship, TaskResult,
 };
 use drover_store::{JournalEntry, StateStore};
 use serde_json::Value;
@@ -24,12 +26,25 @@ use crate::events::{self, Observer, Progress};
 use crate::functions::{self, Scope};
 use crate::graph::{Graph, Kind, Side, TaskId};
 use crate::journal::Entry;
-use crate::lifecycle::Phase;
+use crate::lifecycle::{self, Phase};
 use crate::world::World;
 use crate::{CancelMode, Params};
 
 const BATCH: usize = 32_768;
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
+
+/// The operations of [`Kind::Provision`] tasks: the provisioner's, run centrally.
+static PROVISION_CREATE: LazyLock<Operation> = LazyLock::new(|| provision_operation("create"));
+static PROVISION_DELETE: LazyLock<Operation> = LazyLock::new(|| provision_operation("delete"));
+
+fn provision_operation(implementation: &str) -> Operation {
+    Operation {
+        plugin: PROVISIONING_PLUGIN.to_owned(),
+        operation: implementation.to_owned(),
+        executor: Some("central_deployment_agent".to_owned()),
+        ..Operation::default()
+    }
+}
 
 /// How a phase ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -306,7 +321,7 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
                     self.complete(st, t);
                 }
                 Kind::Barrier => self.complete(st, t),
-                Kind::Op { .. } | Kind::RelOp { .. } => {
+                Kind::Op { .. } | Kind::RelOp { .. } | Kind::Provision { .. } => {
                     let attempt = st.attempts.get(&t).copied().unwrap_or(0);
                     match self.operation_task(st, t, attempt) {
                         Ok(op_task) => {
@@ -471,6 +486,8 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
     fn operation_name<'g>(&self, st: &PhaseState<'g>, t: TaskId) -> &'g str {
         match st.graph.tasks[t as usize].kind {
             Kind::Op { op } | Kind::RelOp { op, .. } => st.graph.op_name(op),
+            Kind::Provision { create: true } => lifecycle::CREATE,
+            Kind::Provision { create: false } => lifecycle::DELETE,
             _ => "",
         }
     }
@@ -488,6 +505,8 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
                     Side::Target => pr.target_operations.get(name),
                 }
             }
+            Kind::Provision { create: true } => Some(&PROVISION_CREATE),
+            Kind::Provision { create: false } => Some(&PROVISION_DELETE),
             _ => None,
         }
     }

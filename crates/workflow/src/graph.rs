@@ -27,6 +27,9 @@ pub(crate) enum Kind {
     Op { op: u16 },
     /// Runs operation `op` of the instance's relationship number `rel`, on one side.
     RelOp { op: u16, rel: u32, side: Side },
+    /// Makes (`create`) or frees the instance's server through the provisioner: the create or
+    /// delete of a Compute node that has none of its own.
+    Provision { create: bool },
     /// Joins steps; does nothing.
     Barrier,
 }

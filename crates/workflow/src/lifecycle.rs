@@ -15,7 +15,8 @@
 //!   establish (install) or unlink (uninstall) for those relationships.
 //!
 //! Unlike Cloudify, a step whose operation is a no-op still changes the instance's state; the
-//! operation itself is not dispatched.
+//! operation itself is not dispatched. A Compute node without a create (delete) of its own gets
+//! its server from the provisioner instead: a [`Kind::Provision`] task.
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +33,7 @@ pub(crate) const PRESTOP: &str = "cloudify.interfaces.lifecycle.prestop";
 pub(crate) const STOP: &str = "cloudify.interfaces.lifecycle.stop";
 pub(crate) const DELETE: &str = "cloudify.interfaces.lifecycle.delete";
 pub(crate) const POSTDELETE: &str = "cloudify.interfaces.lifecycle.postdelete";
+pub(crate) const COMPUTE: &str = "cloudify.nodes.Compute";
 const MONITORING_START: &str = "cloudify.interfaces.monitoring.start";
 const MONITORING_STOP: &str = "cloudify.interfaces.monitoring.stop";
 const PRECONFIGURE: &str = "cloudify.interfaces.relationship_lifecycle.preconfigure";
@@ -178,7 +180,7 @@ fn install_chain(g: &mut GraphBuilder, c: &mut Chain, w: &World, s: State) {
     }
     if !matches!(s, Started | Starting | Created | Configuring | Configured) {
         c.task(g, Kind::SetState(Creating));
-        op(g, c, w, CREATE);
+        op_or_provision(g, c, w, CREATE, true);
         c.task(g, Kind::SetState(Created));
     }
     if !matches!(s, Started | Starting | Configured) {
@@ -212,7 +214,7 @@ fn uninstall_chain(g: &mut GraphBuilder, c: &mut Chain, w: &World, s: State) {
     if !matches!(s, Deleted | Uninitialized) {
         rel_ops(g, c, w, UNLINK, true);
         c.task(g, Kind::SetState(Deleting));
-        op(g, c, w, DELETE);
+        op_or_provision(g, c, w, DELETE, false);
         op(g, c, w, POSTDELETE);
     }
     if s != Deleted {
@@ -229,6 +231,17 @@ fn op(g: &mut GraphBuilder, c: &mut Chain, w: &World, name: &str) {
     {
         let op = g.op(name);
         c.task(g, Kind::Op { op });
+    }
+}
+
+/// The node's create or delete; for a Compute node without one, the provisioner's.
+fn op_or_provision(g: &mut GraphBuilder, c: &mut Chain, w: &World, name: &str, create: bool) {
+    let node = w.node(c.instance);
+    let own = node.operations.get(name).is_some_and(|o| !o.is_noop());
+    if !own && node.type_hierarchy.iter().any(|t| t == COMPUTE) {
+        c.task(g, Kind::Provision { create });
+    } else {
+        op(g, c, w, name);
     }
 }
 

@@ -12,11 +12,9 @@ use drover_model::{InstanceRelationship, Map, NodeInstance, Plan};
 use serde_json::Value;
 
 use crate::journal::WorkflowPlan;
-use crate::lifecycle::{Phase, Selection};
+use crate::lifecycle::{COMPUTE, Phase, Selection};
 use crate::workflows::{flag, strings};
 use crate::world::World;
-
-const COMPUTE: &str = "cloudify.nodes.Compute";
 
 pub(crate) fn plan(world: &World, params: &Map) -> Result<WorkflowPlan, String> {
     let entity = params

@@ -407,3 +407,29 @@ async fn workflows_mapped_to_cloudify_implementations_run_their_built_in() {
     let refused = engine.create_execution("d", "agents", Default::default(), false);
     assert!(refused.unwrap_err().to_string().contains("does not run"));
 }
+
+#[tokio::test]
+async fn compute_nodes_without_create_get_their_server_from_the_provisioner() {
+    let plan = PlanBuilder::new()
+        .compute("host", 1)
+        .noop("cloudify.interfaces.lifecycle.create")
+        .noop("cloudify.interfaces.lifecycle.delete")
+        .build();
+    let runner = RecordingRunner::new();
+    let engine = engine(plan, runner.clone());
+    let (_, events) = run(&engine, "install", json!({})).await;
+    let sent = events
+        .iter()
+        .find(|e| {
+            e.event_type == "task_sent"
+                && e.context.plugin.as_deref() == Some(drover_model::PROVISIONING_PLUGIN)
+        })
+        .expect("a provisioning task");
+    assert_eq!(
+        sent.context.operation.as_deref(),
+        Some("cloudify.interfaces.lifecycle.create")
+    );
+    assert!(runner.record.lines().contains(&"create host_1".to_owned()));
+    run(&engine, "uninstall", json!({})).await;
+    assert!(runner.record.lines().contains(&"delete host_1".to_owned()));
+}

@@ -1,15 +1,20 @@
-//! The in-process agent: drover_agent's operation runner behind the engine's runner seam.
+//! The in-process agent: drover_agent's operation runner behind the engine's runner seam, and
+//! the `sim` cloud for the servers of Compute nodes.
 
+use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use drover_model::{OperationTask, TaskOutcome, TaskResult};
+use drover_model::{Map, OperationTask, PROVISIONING_PLUGIN, TaskOutcome, TaskResult};
+use drover_provisioning::{Provisioner, ProvisionerConfig, ServerSpec, SimCloud, SimConfig};
 
 /// Runs operations in this process with the agent's built-in plugins (the script plugin), logs
-/// to stderr. Made on first use, so commands that run nothing never create its work directory.
+/// to stderr; provisioning tasks go to an in-memory `sim` cloud. The runner is made on first
+/// use, so commands that run nothing never create its work directory.
 pub struct InProcessAgent {
     work_dir: Option<PathBuf>,
     runner: OnceLock<Result<drover_agent::OperationRunner, String>>,
+    provisioner: Provisioner,
 }
 
 impl InProcessAgent {
@@ -17,6 +22,7 @@ impl InProcessAgent {
         InProcessAgent {
             work_dir: Some(work_dir),
             runner: OnceLock::new(),
+            provisioner: sim_provisioner(),
         }
     }
 
@@ -25,6 +31,7 @@ impl InProcessAgent {
         InProcessAgent {
             work_dir: None,
             runner: OnceLock::new(),
+            provisioner: sim_provisioner(),
         }
     }
 
@@ -53,12 +60,75 @@ impl InProcessAgent {
     }
 }
 
+/// The `sim` cloud, instant and reliable, paced for a local run rather than a real cloud's
+/// limits. It lives as long as the process: a later `drover local` command starts a new one, and
+/// deleting a server it does not know succeeds.
+fn sim_provisioner() -> Provisioner {
+    let config = ProvisionerConfig {
+        requests_per_second: NonZeroU32::new(10_000).unwrap_or(NonZeroU32::MIN),
+        burst: NonZeroU32::new(1_000).unwrap_or(NonZeroU32::MIN),
+        concurrent_requests: 64,
+        ..ProvisionerConfig::default()
+    };
+    Provisioner::new(Arc::new(SimCloud::new(SimConfig::default())), config)
+}
+
+impl InProcessAgent {
+    /// Makes or frees the server of a Compute node instance.
+    async fn provision(&self, task: &OperationTask) -> (TaskOutcome, Map) {
+        let key = task.node.node_instance_id.clone();
+        let failed = |error: String| TaskOutcome::Failed {
+            error,
+            recoverable: true,
+            retry_after_s: None,
+        };
+        let succeeded = TaskOutcome::Succeeded {
+            result: serde_json::Value::Null,
+        };
+        let mut props = task.node.runtime_properties.clone();
+        if task.implementation == "create" {
+            let spec = ServerSpec {
+                key,
+                deployment_id: task.deployment_id.clone(),
+                properties: task.node.properties.clone(),
+            };
+            match self.provisioner.provision(vec![spec]).await.pop() {
+                Some(Ok(server)) => {
+                    props.extend(server.runtime_properties());
+                    (succeeded, props)
+                }
+                Some(Err(e)) => (failed(e.to_string()), props),
+                None => (failed("the provisioner answered nothing".into()), props),
+            }
+        } else {
+            match self.provisioner.deprovision(vec![key]).await.pop() {
+                Some(Ok(())) => {
+                    props.remove("ip");
+                    props.remove("external_id");
+                    (succeeded, props)
+                }
+                Some(Err(e)) => (failed(e.to_string()), props),
+                None => (failed("the provisioner answered nothing".into()), props),
+            }
+        }
+    }
+}
+
 fn short(operation: &str) -> &str {
     operation.rsplit('.').next().unwrap_or(operation)
 }
 
 impl drover_workflow::OperationRunner for InProcessAgent {
     async fn run(&self, task: OperationTask) -> TaskResult {
+        if task.plugin == PROVISIONING_PLUGIN {
+            let (outcome, props) = self.provision(&task).await;
+            return TaskResult {
+                runtime_properties: [(task.node.node_instance_id.clone(), props)].into(),
+                task_id: task.task_id,
+                execution_id: task.execution_id,
+                outcome,
+            };
+        }
         match self.runner() {
             Ok(runner) => runner.run(task).await,
             Err(e) => TaskResult {
