@@ -27,6 +27,7 @@ use crate::functions::{self, Scope};
 use crate::graph::{Graph, Kind, Side, TaskId};
 use crate::journal::Entry;
 use crate::lifecycle::{self, Phase};
+use crate::state::State;
 use crate::world::World;
 use crate::{CancelMode, Params};
 
@@ -318,6 +319,9 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
                     if st.phase.final_state() == Some(state) {
                         st.progress.instances_done += 1;
                     }
+                    if self.task_events() {
+                        self.node_event(task.instance, state);
+                    }
                     self.complete(st, t);
                 }
                 Kind::Barrier => self.complete(st, t),
@@ -345,6 +349,32 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
             }
         }
         batch
+    }
+
+    /// Cloudify's `workflow_node_event` for a state change ("Creating node instance" …).
+    fn node_event(&mut self, instance: u32, state: State) {
+        let text = match state {
+            State::Creating => "Creating node instance",
+            State::Created => "Node instance created",
+            State::Configuring => "Configuring node instance",
+            State::Configured => "Node instance configured",
+            State::Starting => "Starting node instance",
+            State::Started => "Node instance started",
+            State::Stopping => "Stopping node instance",
+            State::Stopped => "Stopped node instance",
+            State::Deleting => "Deleting node instance",
+            State::Deleted => "Deleted node instance",
+            State::Uninitialized | State::Initializing => return,
+        };
+        let ni = &self.world.instances[instance as usize];
+        let mut context = self.base.clone();
+        context.node_id = Some(ni.id.clone());
+        context.node_name = Some(ni.node_id.clone());
+        self.emit(events::event(
+            "workflow_node_event",
+            context,
+            text.to_owned(),
+        ));
     }
 
     fn complete(&mut self, st: &mut PhaseState<'_>, t: TaskId) {

@@ -204,6 +204,16 @@ async fn events_have_cloudifys_shape_and_order() {
             .contains("test.establish")
     );
     assert!(json["timestamp"].as_str().unwrap().ends_with('Z'));
+    // Node events say what happens to each instance, as Cloudify's.
+    let app_events: Vec<&str> = events
+        .iter()
+        .filter(|ev| {
+            ev.event_type == "workflow_node_event" && ev.context.node_id.as_deref() == Some("app_1")
+        })
+        .map(|ev| ev.message.text.as_str())
+        .collect();
+    assert_eq!(app_events.first(), Some(&"Creating node instance"));
+    assert_eq!(app_events.last(), Some(&"Node instance started"));
     // The store has them too.
     assert_eq!(engine.store().events(&e.id).unwrap().len(), events.len());
 }
