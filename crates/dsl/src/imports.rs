@@ -97,7 +97,9 @@ pub fn load(
         Some(f) => Source::File(f.to_path_buf()),
         None => Source::File(base_dir.join("<blueprint>")),
     };
-    let main = yaml::load(text, file.map(Rc::from))?;
+    // One bound on values for the blueprint and all its imports.
+    let mut budget = yaml::MAX_NODES;
+    let main = yaml::load_within(text, file.map(Rc::from), &mut budget)?;
     if !matches!(main.value, Value::Map(_)) {
         return Err(main.mark.error(
             "",
@@ -140,7 +142,7 @@ pub fn load(
                     mark.error("imports", format!("more than {MAX_IMPORTS} files imported"))
                 );
             }
-            let document = read(&source, &mark, &raw)?;
+            let document = read(&source, &mark, &raw, &mut budget)?;
             check_version(&document, &version, &source)?;
             let cloudify_types = is_cloudify_types(&document);
             if cloudify_types && namespace.is_some() && namespace != parent_namespace {
@@ -340,13 +342,17 @@ fn existing(path: PathBuf, url: &str) -> Result<Source, String> {
 }
 
 /// Reads and loads an imported file.
-fn read(source: &Source, mark: &Mark, raw: &str) -> Result<Node, Error> {
+fn read(source: &Source, mark: &Mark, raw: &str, budget: &mut usize) -> Result<Node, Error> {
     let document = match source {
-        Source::Builtin => yaml::load(BUILTIN_TYPES, Some(Rc::from(Path::new(BUILTIN_NAME))))?,
+        Source::Builtin => yaml::load_within(
+            BUILTIN_TYPES,
+            Some(Rc::from(Path::new(BUILTIN_NAME))),
+            budget,
+        )?,
         Source::File(path) => {
             let text = yaml::read_file(path)
                 .map_err(|m| mark.error("imports", format!("import {raw:?}: {m}")))?;
-            yaml::load(&text, Some(Rc::from(path.as_path())))?
+            yaml::load_within(&text, Some(Rc::from(path.as_path())), budget)?
         }
     };
     match document.value {

@@ -19,7 +19,8 @@ use crate::error::{Error, Location};
 pub const MAX_FILE_BYTES: usize = 20 * 1024 * 1024;
 /// The deepest nesting of mappings and sequences accepted.
 pub const MAX_DEPTH: usize = 128;
-/// The most nodes one document may hold once aliases are expanded.
+/// The most nodes one document, or one blueprint with all its imports, may hold once aliases
+/// are expanded.
 pub const MAX_NODES: usize = 2_000_000;
 
 /// Where a value was written: file (shared by all values of a file), 1-based line and column.
@@ -161,6 +162,13 @@ pub fn read_file(path: &Path) -> Result<String, String> {
 /// Loads the first document of `text` (an empty document is `null`). `file` names the file in
 /// marks and errors.
 pub fn load(text: &str, file: Option<Rc<Path>>) -> Result<Node, Error> {
+    let mut budget = MAX_NODES;
+    load_within(text, file, &mut budget)
+}
+
+/// Loads like [`load`], taking the document's values from `budget` (values left), so that files
+/// loaded together share one bound.
+pub fn load_within(text: &str, file: Option<Rc<Path>>, budget: &mut usize) -> Result<Node, Error> {
     let mark_of = |span: &Span| Mark {
         file: file.clone(),
         line: span.start.line(),
@@ -175,7 +183,10 @@ pub fn load(text: &str, file: Option<Rc<Path>>) -> Result<Node, Error> {
             ),
         ));
     }
-    let mut builder = Builder::default();
+    let mut builder = Builder {
+        budget: *budget,
+        ..Builder::default()
+    };
     let mut parser = Parser::new_from_str(text);
     while let Some(event) = parser.next_event() {
         let (event, span) = event.map_err(|e| {
@@ -191,6 +202,7 @@ pub fn load(text: &str, file: Option<Rc<Path>>) -> Result<Node, Error> {
             break;
         }
     }
+    *budget = builder.budget;
     Ok(builder.root.unwrap_or_else(|| {
         Node::new(
             Value::Null,
@@ -209,7 +221,8 @@ struct Builder {
     stack: Vec<Open>,
     /// Anchored nodes by anchor id.
     anchors: Vec<Option<Built>>,
-    nodes: usize,
+    /// Values that may still be made.
+    budget: usize,
     root: Option<Node>,
 }
 
@@ -326,14 +339,18 @@ impl Builder {
     }
 
     fn count(&mut self, n: usize, mark: &Mark) -> Result<(), Error> {
-        self.nodes = self.nodes.saturating_add(n);
-        if self.nodes > MAX_NODES {
-            return Err(mark.error(
+        match self.budget.checked_sub(n) {
+            Some(left) => {
+                self.budget = left;
+                Ok(())
+            }
+            None => Err(mark.error(
                 "",
-                format!("the document expands to more than {MAX_NODES} values (alias bomb?)"),
-            ));
+                format!(
+                    "the blueprint expands to more than {MAX_NODES} values, imports and aliases included (alias bomb?)"
+                ),
+            )),
         }
-        Ok(())
     }
 
     /// Keeps a copy of an anchored node; the copy counts against the node budget, so that

@@ -734,3 +734,20 @@ fn contained_in_cycles_are_rejected_and_deep_chains_are_linear() {
     let p = plan(&text);
     assert_eq!(node(&p, "n2999").host_id.as_deref(), Some("n0"));
 }
+
+#[test]
+fn imports_share_one_bound_on_values() {
+    let dir = temp_dir();
+    // 1,100 aliases of a 1,000-value list: 1.1 million values each time the file is read.
+    let list = vec!["1"; 1000].join(",");
+    let aliases = vec!["*x"; 1100].join(",");
+    let big = format!("dsl_definitions:\n  x: &x [{list}]\n  y: [{aliases}]\n");
+    write(&dir, "big.yaml", &big);
+    let e = plan_str(
+        "tosca_definitions_version: cloudify_dsl_1_3\nimports: [a--big.yaml, b--big.yaml]\n",
+        &dir,
+        &Options::default(),
+    )
+    .expect_err("two copies of a large file");
+    assert!(e.message.contains("imports and aliases included"), "{e}");
+}
