@@ -22,6 +22,8 @@ pub struct Reporter {
     bar: Option<ProgressBar>,
     started: Instant,
     last_line: Option<Instant>,
+    /// A plain progress line held back by the rate limit, printed before the next shown event.
+    pending_line: Option<String>,
 }
 
 impl Reporter {
@@ -50,6 +52,7 @@ impl Reporter {
             bar,
             started: Instant::now(),
             last_line: None,
+            pending_line: None,
         })
     }
 
@@ -65,6 +68,7 @@ impl Reporter {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+
         if let Some((mut file, path)) = self.events.take() {
             if let Some(e) = self.events_error.take() {
                 return Err(e).with_context(|| format!("writing {path}"));
@@ -95,6 +99,10 @@ impl Observer for Reporter {
             || event.event_type == "task_failed"
             || event.event_type == "task_rescheduled";
         if shown {
+            // The last progress of a phase comes before what the workflow says about its end.
+            if let Some(line) = self.pending_line.take() {
+                eprintln!("{line}");
+            }
             let who = event.context.node_id.as_deref().unwrap_or_default();
             let sep = if who.is_empty() { "" } else { " " };
             self.line(&format!(
@@ -123,12 +131,16 @@ impl Observer for Reporter {
                 bar.set_message(message);
             }
             None => {
+                let line = format!(
+                    "progress: {}/{} instances  {message}",
+                    p.instances_done, p.instances_total
+                );
                 if self.last_line.is_none_or(|t| t.elapsed() >= PLAIN_EVERY) {
                     self.last_line = Some(Instant::now());
-                    eprintln!(
-                        "progress: {}/{} instances  {message}",
-                        p.instances_done, p.instances_total
-                    );
+                    self.pending_line = None;
+                    eprintln!("{line}");
+                } else {
+                    self.pending_line = Some(line);
                 }
             }
         }
