@@ -41,7 +41,10 @@ pub(crate) struct World {
 impl World {
     /// Indexes a plan and its instances. Relationships whose target instance or plan
     /// relationship cannot be found are an error naming them.
-    pub fn new(plan: Plan, instances: Vec<NodeInstance>) -> Result<World, String> {
+    pub fn new(mut plan: Plan, instances: Vec<NodeInstance>) -> Result<World, String> {
+        // The plan's own instance list is where the deployment started; `instances` is where it
+        // is. Only the latter is used, so the former is not kept twice.
+        plan.node_instances = Vec::new();
         let node_index: HashMap<String, u32> = plan
             .nodes
             .iter()
