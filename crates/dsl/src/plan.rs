@@ -20,6 +20,10 @@ use drover_model::{
 
 const COMPUTE: &str = "cloudify.nodes.Compute";
 const CONTAINED_IN: &str = "cloudify.relationships.contained_in";
+/// The most operations and properties the nodes of a plan may hold (about 1 KB each, as built).
+/// Each node template copies its type's operations and property defaults, so a small blueprint
+/// (many templates of a type with many operations) could otherwise ask for any amount of memory.
+const MAX_PLAN_ENTRIES: usize = 500_000;
 const DEPENDS_ON_OPERATION: &str = "cloudify.relationships.depends_on_lifecycle_operation";
 const LIFECYCLE: &str = "cloudify.interfaces.lifecycle";
 const SCRIPT_PLUGIN: &str = "script";
@@ -57,6 +61,7 @@ pub fn make(
     }
 
     let mut nodes = Vec::with_capacity(bp.node_templates.len());
+    let mut plan_size = 0usize;
     for (name, template) in &bp.node_templates {
         let path = format!("node_templates.{name}");
         let Some(node_type) = node_types.get(&template.type_name) else {
@@ -68,6 +73,15 @@ pub fn make(
                 ),
             ));
         };
+        plan_size += node_entries(template, node_type, &relationship_types);
+        if plan_size > MAX_PLAN_ENTRIES {
+            return Err(template.mark.error(
+                path,
+                format!(
+                    "the plan would hold more than {MAX_PLAN_ENTRIES} operations and properties: the node templates multiply their types' definitions too far"
+                ),
+            ));
+        }
         let what = format!("node template '{name}'");
         let check = types::PropertyCheck {
             data_types: &data_types,
@@ -222,6 +236,35 @@ fn add_plugins(into: &mut Vec<Json>, from: &[Json]) {
             None => into.push(plugin.clone()),
         }
     }
+}
+
+/// The operations and properties a node template will hold, counted before they are built.
+fn node_entries(
+    template: &crate::parse::NodeTemplate,
+    node_type: &Derived,
+    relationship_types: &HashMap<String, Derived>,
+) -> usize {
+    let operations = |i: &Interfaces| i.values().map(|ops| ops.len()).sum::<usize>();
+    let relationships: usize = template
+        .relationships
+        .iter()
+        .map(|r| {
+            let of_type = relationship_types.get(&r.type_name).map_or(0, |t| {
+                operations(&t.source_interfaces)
+                    + operations(&t.target_interfaces)
+                    + t.properties.len()
+            });
+            of_type
+                + operations(&r.source_interfaces)
+                + operations(&r.target_interfaces)
+                + r.properties.len()
+        })
+        .sum();
+    operations(&node_type.interfaces)
+        + operations(&template.interfaces)
+        + node_type.properties.len()
+        + template.properties.len()
+        + relationships
 }
 
 /// Binds operations to plugins (Cloudify's `process_operation`).
