@@ -320,7 +320,10 @@ impl Binder<'_> {
             })
             .collect();
         match candidates.as_slice() {
-            [plugin] => Ok(Target::Plugin((*plugin).clone(), implementation[plugin.len() + 1..].to_string())),
+            [plugin] => Ok(Target::Plugin(
+                (*plugin).clone(),
+                implementation.get(plugin.len() + 1..).unwrap_or_default().to_string(),
+            )),
             [] => Err(mark.error(
                 format!("{path}.{name}"),
                 format!(
