@@ -241,7 +241,15 @@ const WORKFLOW: &[Field] = &[
     ("mapping", ANY),
     ("parameters", ANY),
     ("is_cascading", ANY),
-    ("availability_rules", ANY),
+    ("availability_rules", (1, 4)),
+];
+const WORKFLOW_PARAMETER: &[Field] = &[
+    ("description", ANY),
+    ("type", ANY),
+    ("default", ANY),
+    ("required", (1, 2)),
+    ("constraints", ANY),
+    ("item_type", (1, 4)),
 ];
 const GROUP: &[Field] = &[("members", ANY), ("policies", ANY)];
 const POLICY: &[Field] = &[("type", ANY), ("targets", ANY), ("properties", ANY)];
@@ -352,6 +360,7 @@ pub fn blueprint(document: &Node, version: Version) -> Result<Blueprint, Error> 
                 for (name, input) in entries(value, path, "inputs")? {
                     let p = join(path, &name.name);
                     fields(input, &p, "an input", INPUT, v)?;
+                    check_constraints(input, &p)?;
                     let definition = json_map(input, &p, "an input")?;
                     bp.inputs
                         .insert(name.name.clone(), (definition, name.mark.clone()));
@@ -457,6 +466,65 @@ pub fn blueprint(document: &Node, version: Version) -> Result<Blueprint, Error> 
         }
     }
     Ok(bp)
+}
+
+/// Constraint operators (Cloudify's `constraints.CONSTRAINTS`).
+const CONSTRAINTS: &[&str] = &[
+    "equal",
+    "greater_than",
+    "greater_or_equal",
+    "less_than",
+    "less_or_equal",
+    "in_range",
+    "valid_values",
+    "length",
+    "min_length",
+    "max_length",
+    "pattern",
+    "filter_id",
+    "labels",
+    "tenants",
+    "name_pattern",
+    "deployment_id",
+];
+
+/// `constraints` of an input or parameter: a list of single-operator mappings.
+fn check_constraints(schema: &Node, path: &str) -> Result<(), Error> {
+    let Some(constraints) = schema.get("constraints") else {
+        return Ok(());
+    };
+    let path = join(path, "constraints");
+    let items = match &constraints.value {
+        Value::Seq(items) => items.as_slice(),
+        Value::Null => &[],
+        _ => {
+            return Err(constraints.mark.error(
+                path,
+                format!("expected a list of constraints, got {}", constraints.kind()),
+            ));
+        }
+    };
+    for (i, item) in items.iter().enumerate() {
+        let p = join(&path, &i.to_string());
+        let entries = entries(item, &p, "a constraint")?;
+        let [(operator, _)] = entries else {
+            return Err(item.mark.error(
+                p,
+                "each constraint is a mapping of one operator to its argument",
+            ));
+        };
+        if !CONSTRAINTS.contains(&operator.name.as_str()) {
+            return Err(operator.mark.error(
+                join(&p, &operator.name),
+                format!(
+                    "no such constraint operator '{}': expected one of {}",
+                    operator.name,
+                    CONSTRAINTS.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_executor(executor: &str, node: Option<&Node>, path: &str) -> Result<(), Error> {
@@ -731,7 +799,8 @@ fn workflow(node: &Node, path: &str, v: &Version) -> Result<Workflow, Error> {
                     "parameters" => {
                         for (name, schema) in entries(value, &p, "workflow parameters")? {
                             let pp = join(&p, &name.name);
-                            fields(schema, &pp, "a parameter schema", INPUT, v)?;
+                            fields(schema, &pp, "a parameter schema", WORKFLOW_PARAMETER, v)?;
+                            check_constraints(schema, &pp)?;
                         }
                         w.parameters = json_map(value, &p, "workflow parameters")?;
                     }

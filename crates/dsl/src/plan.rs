@@ -868,9 +868,7 @@ fn workflows(
                 )
             }
         };
-        if let Some(p) = bp.plugins.get(&plugin)
-            && p.get("install") != Some(&Json::Bool(false))
-        {
+        if let Some(p) = bp.plugins.get(&plugin) {
             add_plugins(&mut to_install, &[Json::Object(p.clone())]);
         }
         out.insert(

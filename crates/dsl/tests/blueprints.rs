@@ -751,3 +751,24 @@ fn imports_share_one_bound_on_values() {
     .expect_err("two copies of a large file");
     assert!(e.message.contains("imports and aliases included"), "{e}");
 }
+
+#[test]
+fn constraint_operators_are_checked() {
+    let e = error(
+        "tosca_definitions_version: cloudify_dsl_1_3\ninputs:\n  a:\n    default: 1\n    constraints:\n      - bigger_than: 0\n",
+    );
+    assert!(
+        e.message
+            .contains("no such constraint operator 'bigger_than'"),
+        "{e}"
+    );
+    assert_eq!(at(&e), (6, 9, "inputs.a.constraints.0.bigger_than".into()));
+    let e = error(
+        "tosca_definitions_version: cloudify_dsl_1_3\nworkflows:\n  w:\n    mapping: p.w\n    availability_rules: {available: true}\n",
+    );
+    assert!(
+        e.message
+            .contains("'availability_rules' requires cloudify_dsl_1_4"),
+        "{e}"
+    );
+}
