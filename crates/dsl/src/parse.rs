@@ -192,8 +192,8 @@ const PLUGIN: &[Field] = &[
     ("distribution", (1, 2)),
     ("distribution_version", (1, 2)),
     ("distribution_release", (1, 2)),
-    ("properties", ANY),
-    ("properties_description", ANY),
+    ("properties", (1, 5)),
+    ("properties_description", (1, 5)),
 ];
 const TYPE_DEF: &[Field] = &[
     ("derived_from", ANY),
@@ -370,16 +370,10 @@ pub fn blueprint(document: &Node, version: Version) -> Result<Blueprint, Error> 
                 for (name, plugin) in entries(value, path, "plugins")? {
                     let p = join(path, &name.name);
                     fields(plugin, &p, "a plugin", PLUGIN, v)?;
-                    let mut map = json_map(plugin, &p, "a plugin")?;
-                    let executor = plugin
-                        .get("executor")
-                        .map(|e| string(e, &join(&p, "executor")))
-                        .transpose()?;
-                    if let Some(executor) = &executor {
-                        check_executor(executor, plugin.get("executor"), &join(&p, "executor"))?;
-                    }
-                    map.insert("name".into(), Json::String(name.name.clone()));
-                    bp.plugins.insert(name.name.clone(), map);
+                    bp.plugins.insert(
+                        name.name.clone(),
+                        plugin_definition(plugin, &name.name, &p)?,
+                    );
                 }
             }
             "node_types" => {
@@ -525,6 +519,43 @@ fn check_constraints(schema: &Node, path: &str) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// A plugin: a valid executor, `install` (true unless said otherwise) with a `source` or
+/// `package_name` to install from, and its name added (as in Cloudify's plan).
+fn plugin_definition(plugin: &Node, name: &str, path: &str) -> Result<Map, Error> {
+    let mut map = json_map(plugin, path, "a plugin")?;
+    let executor_path = join(path, "executor");
+    let Some(executor) = plugin.get("executor") else {
+        return Err(plugin.mark.error(
+            executor_path,
+            format!("plugin '{name}' needs an 'executor'"),
+        ));
+    };
+    check_executor(
+        &string(executor, &executor_path)?,
+        Some(executor),
+        &executor_path,
+    )?;
+    let install = match plugin.get("install").map(|i| &i.value) {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(plugin
+                .mark
+                .error(join(path, "install"), "expected a boolean"));
+        }
+    };
+    let declared = |field: &str| plugin.get(field).is_some_and(|v| !v.is_null());
+    if install && !declared("source") && !declared("package_name") {
+        return Err(plugin.mark.error(
+            path,
+            format!("plugin '{name}' needs to be installed, but declares no source or package_name (or install: false)"),
+        ));
+    }
+    map.insert("install".into(), Json::Bool(install));
+    map.insert("name".into(), Json::String(name.to_string()));
+    Ok(map)
 }
 
 fn check_executor(executor: &str, node: Option<&Node>, path: &str) -> Result<(), Error> {

@@ -151,8 +151,10 @@ const PLUGIN_TYPES: &str = "tosca_definitions_version: cloudify_dsl_1_3
 plugins:
   p:
     executor: central_deployment_agent
+    install: false
   h:
     executor: host_agent
+    install: false
 node_types:
   cloudify.nodes.Compute: {}
   base:
@@ -331,7 +333,7 @@ fn fields_of_later_versions_are_rejected() {
     );
     assert_eq!(at(&e), (2, 1, "dsl_definitions".into()));
     let e = error(
-        "tosca_definitions_version: cloudify_dsl_1_0\nplugins:\n  p: {executor: host_agent}\nnode_types:\n  t:\n    interfaces:\n      i:\n        o: {implementation: p.x, max_retries: 1}\n",
+        "tosca_definitions_version: cloudify_dsl_1_0\nplugins:\n  p: {executor: host_agent, install: false}\nnode_types:\n  t:\n    interfaces:\n      i:\n        o: {implementation: p.x, max_retries: 1}\n",
     );
     assert!(
         e.message
@@ -373,7 +375,7 @@ fn relative_imports_and_namespaces() {
     write(
         &dir,
         "lib/types.yaml",
-        "tosca_definitions_version: cloudify_dsl_1_3\nplugins:\n  p: {executor: central_deployment_agent}\nnode_types:\n  t:\n    properties:\n      v: {default: 1}\n    interfaces:\n      i:\n        o: p.task\nnode_templates:\n  inner:\n    type: t\n",
+        "tosca_definitions_version: cloudify_dsl_1_3\nplugins:\n  p: {executor: central_deployment_agent, install: false}\nnode_types:\n  t:\n    properties:\n      v: {default: 1}\n    interfaces:\n      i:\n        o: p.task\nnode_templates:\n  inner:\n    type: t\n",
     );
     let p = plan_in(
         &dir,
@@ -438,7 +440,7 @@ fn resolver_rules_and_spec_mirror_map_urls_to_directories() {
     write(
         &dir,
         "mirror/plugins/mine/plugin.yaml",
-        "plugins:\n  mine: {executor: central_deployment_agent}\n",
+        "plugins:\n  mine: {executor: central_deployment_agent, install: false}\n",
     );
     write(&dir, "rules/x.yaml", "node_types:\n  t: {}\n");
     let options = Options {
@@ -495,7 +497,7 @@ fn instances_and_scaling_groups() {
 #[test]
 fn workflows_short_and_long_forms() {
     let p = plan(
-        "tosca_definitions_version: cloudify_dsl_1_3\nplugins:\n  w: {executor: central_deployment_agent}\nworkflows:\n  short: w.flows.one\n  long:\n    mapping: w.flows.two\n    parameters:\n      x: {default: 1}\n",
+        "tosca_definitions_version: cloudify_dsl_1_3\nplugins:\n  w: {executor: central_deployment_agent, install: false}\nworkflows:\n  short: w.flows.one\n  long:\n    mapping: w.flows.two\n    parameters:\n      x: {default: 1}\n",
     );
     let short = p.workflows.get("short").expect("short");
     assert_eq!(
@@ -589,7 +591,7 @@ fn relationship_errors() {
 
 #[test]
 fn host_agent_plugins_need_a_host() {
-    let text = "tosca_definitions_version: cloudify_dsl_1_3\nplugins:\n  h: {executor: host_agent}\nnode_types:\n  t: {}\nnode_templates:\n  lonely:\n    type: t\n    interfaces:\n      i:\n        o: h.task\n";
+    let text = "tosca_definitions_version: cloudify_dsl_1_3\nplugins:\n  h: {executor: host_agent, install: false}\nnode_types:\n  t: {}\nnode_templates:\n  lonely:\n    type: t\n    interfaces:\n      i:\n        o: h.task\n";
     let e = error(text);
     assert!(e.message.contains("not contained in a host"), "{e}");
     assert_eq!(at(&e).2, "node_templates.lonely");
@@ -770,5 +772,34 @@ fn constraint_operators_are_checked() {
         e.message
             .contains("'availability_rules' requires cloudify_dsl_1_4"),
         "{e}"
+    );
+}
+
+#[test]
+fn plugins_are_checked() {
+    let e = error("tosca_definitions_version: cloudify_dsl_1_3\nplugins:\n  p: {source: x}\n");
+    assert!(e.message.contains("plugin 'p' needs an 'executor'"), "{e}");
+    let e = error(
+        "tosca_definitions_version: cloudify_dsl_1_3\nplugins:\n  p: {executor: somewhere, source: x}\n",
+    );
+    assert!(
+        e.message.contains("illegal executor value 'somewhere'"),
+        "{e}"
+    );
+    let e = error(
+        "tosca_definitions_version: cloudify_dsl_1_3\nplugins:\n  p: {executor: host_agent}\n",
+    );
+    assert!(
+        e.message.contains("declares no source or package_name"),
+        "{e}"
+    );
+    let p = plan(
+        "tosca_definitions_version: cloudify_dsl_1_3\nplugins:\n  p: {executor: host_agent, source: http://x/p.zip}\nworkflows:\n  w: p.flow\n",
+    );
+    assert_eq!(
+        p.workflow_plugins_to_install
+            .first()
+            .and_then(|p| p.get("install")),
+        Some(&json!(true))
     );
 }
