@@ -188,8 +188,13 @@ fn kill_9_during_install_then_resume_finishes_without_rerunning_finished_operati
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // 27 operations of 0.3 s, 4 at a time: about 2.5 s. Kill in the middle.
-    std::thread::sleep(Duration::from_millis(1500));
+    // 27 operations of 0.3 s, 4 at a time: about 2.5 s. Kill in the middle: once a few have
+    // ended, and long enough after that for their results to be journaled.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while ends(&log).len() < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(WINDOW_MS as u64 + 100));
     let killed_at = now_ms();
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
