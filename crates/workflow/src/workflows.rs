@@ -180,6 +180,17 @@ fn execute_operation(world: &World, params: &Map) -> Result<Phase, String> {
             selected.push(ni.id.clone());
         }
     }
+    let defined = selected.iter().any(|id| {
+        world
+            .instance_index
+            .get(id)
+            .is_some_and(|&i| world.node(i).operations.contains_key(&operation))
+    });
+    if !defined {
+        return Err(format!(
+            "no selected node instance has the operation {operation}"
+        ));
+    }
     Ok(Phase::Operation {
         operation,
         instances: Selection::Ids(selected),

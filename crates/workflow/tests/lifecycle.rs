@@ -299,6 +299,15 @@ async fn execute_operation_filters_and_passes_kwargs() {
     )
     .await;
     assert_eq!(runner.record.lines()[n..], ["start app_3"]);
+
+    let (e, _) = run(
+        &engine,
+        "execute_operation",
+        json!({"operation": "cloudify.interfaces.lifecycle.strat"}),
+    )
+    .await;
+    assert_eq!(e.status, ExecutionStatus::Failed);
+    assert!(e.error.contains("strat"), "{}", e.error);
 }
 
 #[tokio::test]
