@@ -238,3 +238,67 @@ fn kill_9_during_install_then_resume_finishes_without_rerunning_finished_operati
     let out = drover(dir.path(), &["local", "resume"]);
     assert_eq!(out.status.code(), Some(1), "nothing left to resume");
 }
+
+/// The scale benchmark's blueprint (`../shared/bench/gen_blueprint.py 10 10`), dry run: every
+/// app instance's tasks are sent after every task of its host and of the db succeeded.
+#[test]
+fn the_scale_blueprint_installs_in_relationship_order() {
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/bench");
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("python3")
+        .arg(shared.join("gen_blueprint.py"))
+        .args(["10", "10"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::copy(shared.join("types.yaml"), dir.path().join("types.yaml")).unwrap();
+    let events = dir.path().join("events.jsonl");
+    let out = drover(
+        dir.path(),
+        &[
+            "local",
+            "install",
+            "blueprint.yaml",
+            "--dry-run",
+            "--events-json",
+            events.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = drover(dir.path(), &["local", "instances", "--format", "json"]);
+    let instances: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(instances.len(), 111);
+    let text = std::fs::read_to_string(&events).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let positions = |instance: &str, kind: &str| -> Vec<usize> {
+        events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e["event_type"] == kind && e["context"]["node_id"] == instance)
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let mut checked = 0;
+    for app in instances.iter().filter(|i| i["node_id"] == "app") {
+        let id = app["id"].as_str().unwrap();
+        let first_sent = *positions(id, "task_sent").first().unwrap();
+        for rel in app["relationships"].as_array().unwrap() {
+            let target = rel["target_id"].as_str().unwrap();
+            let last_done = *positions(target, "task_succeeded").last().unwrap();
+            assert!(
+                last_done < first_sent,
+                "{id} started before {target} was done"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 100 * 2);
+}
