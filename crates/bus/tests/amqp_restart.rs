@@ -23,6 +23,13 @@ const BATCHES_AFTER: usize = 20;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs RabbitMQ and restarts it: run with --ignored and DROVER_AMQP_URL set (scripts/test does)"]
 async fn broker_restart_loses_no_confirmed_message() {
+    // A hang is a failure, not a stuck CI run.
+    tokio::time::timeout(Duration::from_secs(400), restart_mid_stream())
+        .await
+        .expect("the restart test finished within 400 s");
+}
+
+async fn restart_mid_stream() {
     // Longer than a restart takes on a loaded 2-core machine (scripts/rabbitmq waits up to 90 s
     // for the start alone).
     let options = common::options(drover_bus::suite::topology("restart"))

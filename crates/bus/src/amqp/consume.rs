@@ -1,5 +1,6 @@
 //! Consuming: a channel per consumer, subscribed again after a reconnect.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,7 +14,7 @@ use tracing::warn;
 
 use super::convert::{Outgoing, incoming};
 use super::session::{Session, Sessions};
-use super::{classify, is_not_found};
+use super::{OPERATION_TIMEOUT, bounded, classify, is_not_found};
 use crate::bus::Source;
 use crate::error::{BusError, Result};
 use crate::message::{Delivery, Message, Settle};
@@ -56,11 +57,7 @@ impl AmqpSource {
                     self.subscription = Some(subscription);
                     return Ok(());
                 }
-                Err(e) if is_not_found(&e) => {
-                    return Err(BusError::NoSuchQueue(self.queue.clone()));
-                }
-                Err(e) => {
-                    let error = classify(&format!("consuming {}", self.queue), &e);
+                Err(error) => {
                     attempt += 1;
                     if !matches!(error, BusError::Unavailable(_)) || attempt >= SUBSCRIBE_ATTEMPTS {
                         return Err(error);
@@ -74,25 +71,36 @@ impl AmqpSource {
     }
 }
 
-async fn subscribe(session: &Session, queue: &str, prefetch: u16) -> lapin::Result<Subscription> {
+async fn subscribe(session: &Session, queue: &str, prefetch: u16) -> Result<Subscription> {
     static TAGS: AtomicU64 = AtomicU64::new(0);
-    let channel = session.connection.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
+    let context = format!("consuming {queue}");
+    let channel = bounded(&context, session.connection.create_channel()).await?;
+    bounded(
+        &context,
+        channel.basic_qos(prefetch, BasicQosOptions::default()),
+    )
+    .await?;
     let tag = format!(
         "drover-{}-{}",
         std::process::id(),
         TAGS.fetch_add(1, Ordering::Relaxed)
     );
-    let consumer = channel
-        .basic_consume(
-            queue.into(),
-            tag.into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let consuming = channel.basic_consume(
+        queue.into(),
+        tag.into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    );
+    let consumer = match tokio::time::timeout(OPERATION_TIMEOUT, consuming).await {
+        Ok(Ok(consumer)) => consumer,
+        Ok(Err(e)) if is_not_found(&e) => return Err(BusError::NoSuchQueue(queue.into())),
+        Ok(Err(e)) => return Err(classify(&context, &e)),
+        Err(_) => {
+            return Err(BusError::Unavailable(format!(
+                "{context}: no answer within {OPERATION_TIMEOUT:?}"
+            )));
+        }
+    };
     Ok(Subscription {
         channel,
         consumer,
@@ -160,18 +168,19 @@ struct AmqpSettle {
     sessions: Arc<Sessions>,
 }
 
-/// lapin answers `false` (or an error) when the delivery's channel is gone.
-fn settled(result: lapin::Result<bool>) -> Result<()> {
-    match result {
-        Ok(true) => Ok(()),
-        Ok(false) | Err(_) => Err(BusError::StaleDelivery),
+/// lapin answers `false` (or an error) when the delivery's channel is gone; an answer that does
+/// not come means the connection is dying, and the broker will redeliver.
+async fn settled(operation: impl Future<Output = lapin::Result<bool>>) -> Result<()> {
+    match tokio::time::timeout(OPERATION_TIMEOUT, operation).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false) | Err(_)) | Err(_) => Err(BusError::StaleDelivery),
     }
 }
 
 #[async_trait]
 impl Settle for AmqpSettle {
     async fn ack(&self) -> Result<()> {
-        settled(self.acker.ack(BasicAckOptions::default()).await)
+        settled(self.acker.ack(BasicAckOptions::default())).await
     }
 
     async fn nack(&self, requeue: bool) -> Result<()> {
@@ -179,7 +188,7 @@ impl Settle for AmqpSettle {
             multiple: false,
             requeue,
         };
-        settled(self.acker.nack(options).await)
+        settled(self.acker.nack(options)).await
     }
 
     async fn dead_letter(&self, copy: Message) -> Result<()> {

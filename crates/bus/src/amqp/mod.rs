@@ -12,6 +12,7 @@ mod consume;
 mod convert;
 mod session;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,6 +131,24 @@ impl Bus for AmqpBus {
             .max_message_size
             .unwrap_or(self.topology().max_message_size());
         Ok(Consumer::new(Box::new(source), queue.into(), max))
+    }
+}
+
+/// How long one protocol operation (opening a channel, a declaration, writing a publish, an
+/// ack) may take. A connection can die without lapin noticing for a while (a broker stopping
+/// mid-operation); past this, the operation is taken for lost and the connection for dead.
+pub(crate) const OPERATION_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Runs one lapin operation within [`OPERATION_TIMEOUT`].
+pub(crate) async fn bounded<T>(
+    context: &str,
+    operation: impl Future<Output = lapin::Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(OPERATION_TIMEOUT, operation).await {
+        Ok(result) => result.map_err(|e| classify(context, &e)),
+        Err(_) => Err(BusError::Unavailable(format!(
+            "{context}: no answer within {OPERATION_TIMEOUT:?}"
+        ))),
     }
 }
 

@@ -16,7 +16,7 @@ use lapin::{Channel, Confirmation, Connection, ConnectionProperties, PublisherCo
 use tracing::{info, warn};
 
 use super::convert::Outgoing;
-use super::{AmqpOptions, classify};
+use super::{AmqpOptions, bounded, classify};
 use crate::error::{BusError, Result};
 use crate::topology::{ExchangeKind, QueueSpec};
 
@@ -49,11 +49,8 @@ impl Session {
         let channel = match declarer.as_ref().filter(|c| c.status().connected()) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = self
-                    .connection
-                    .create_channel()
-                    .await
-                    .map_err(|e| classify("opening a channel", &e))?;
+                let channel =
+                    bounded("opening a channel", self.connection.create_channel()).await?;
                 *declarer = Some(channel.clone());
                 channel
             }
@@ -129,7 +126,8 @@ impl Sessions {
     pub async fn close(&self) {
         self.closed.store(true, Ordering::Release);
         if let Some(old) = self.current.lock().await.take() {
-            let _already_closed = old.connection.close(200, "closed".into()).await;
+            let _already_closed =
+                bounded("closing", old.connection.close(200, "closed".into())).await;
         }
     }
 
@@ -157,7 +155,8 @@ impl Sessions {
                 declarer: tokio::sync::Mutex::new(None),
             }),
             Err(error) => {
-                let _already_failed = connection.close(200, "setup failed".into()).await;
+                let _already_failed =
+                    bounded("closing", connection.close(200, "setup failed".into())).await;
                 Err(error)
             }
         }
@@ -165,10 +164,7 @@ impl Sessions {
 
     /// Declares the topology and every queue declared so far; returns the publishing channel.
     async fn prepare(&self, connection: &Connection) -> Result<Channel> {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| classify("opening a channel", &e))?;
+        let channel = bounded("opening a channel", connection.create_channel()).await?;
         let topology = &self.options.topology;
         for exchange in topology.exchanges() {
             let kind = match exchange.kind {
@@ -182,15 +178,14 @@ impl Sessions {
                 durable: exchange.durable,
                 ..ExchangeDeclareOptions::default()
             };
-            channel
-                .exchange_declare(
-                    exchange.name.as_str().into(),
-                    kind,
-                    options,
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| classify(&format!("declaring exchange {}", exchange.name), &e))?;
+            let context = format!("declaring exchange {}", exchange.name);
+            let declaring = channel.exchange_declare(
+                exchange.name.as_str().into(),
+                kind,
+                options,
+                FieldTable::default(),
+            );
+            bounded(&context, declaring).await?;
         }
         let declared: Vec<QueueSpec> = self
             .declared
@@ -202,10 +197,8 @@ impl Sessions {
         for queue in topology.queues().iter().chain(&declared) {
             declare_queue(&channel, queue).await?;
         }
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| classify("enabling publisher confirms", &e))?;
+        let confirms = channel.confirm_select(ConfirmSelectOptions::default());
+        bounded("enabling publisher confirms", confirms).await?;
         Ok(channel)
     }
 
@@ -249,25 +242,23 @@ impl Sessions {
         let session = self.current().await.map_err(SendError::Final)?;
         let sent = {
             let _serial = session.publish_lock.lock().await;
-            session
-                .publisher
-                .basic_publish(
-                    outgoing.exchange.clone(),
-                    outgoing.routing_key.clone(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
-                    &outgoing.body,
-                    outgoing.properties.clone(),
-                )
-                .await
+            let publishing = session.publisher.basic_publish(
+                outgoing.exchange.clone(),
+                outgoing.routing_key.clone(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                &outgoing.body,
+                outgoing.properties.clone(),
+            );
+            bounded("publishing", publishing).await
         };
         match sent {
             Ok(confirm) => Ok((session.generation, confirm)),
-            Err(e) => {
+            Err(error) => {
                 self.invalidate(session.generation).await;
-                Err(SendError::Lost(classify("publishing", &e)))
+                Err(SendError::Lost(error))
             }
         }
     }
@@ -338,26 +329,19 @@ async fn declare_queue(channel: &Channel, spec: &QueueSpec) -> Result<()> {
         durable: spec.durable,
         ..QueueDeclareOptions::default()
     };
-    channel
-        .queue_declare(spec.name.as_str().into(), options, arguments)
-        .await
-        .map_err(|e| classify(&format!("declaring queue {}", spec.name), &e))?;
+    let context = format!("declaring queue {}", spec.name);
+    let declaring = channel.queue_declare(spec.name.as_str().into(), options, arguments);
+    bounded(&context, declaring).await?;
     for binding in &spec.bindings {
-        channel
-            .queue_bind(
-                spec.name.as_str().into(),
-                binding.exchange.as_str().into(),
-                binding.key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| {
-                classify(
-                    &format!("binding queue {} to {}", spec.name, binding.exchange),
-                    &e,
-                )
-            })?;
+        let context = format!("binding queue {} to {}", spec.name, binding.exchange);
+        let binding = channel.queue_bind(
+            spec.name.as_str().into(),
+            binding.exchange.as_str().into(),
+            binding.key.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        );
+        bounded(&context, binding).await?;
     }
     Ok(())
 }
@@ -366,7 +350,8 @@ async fn declare_queue(channel: &Channel, spec: &QueueSpec) -> Result<()> {
 fn close_connection(session: Arc<Session>, reason: &'static str) {
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(async move {
-            let _already_closed = session.connection.close(200, reason.into()).await;
+            let _already_closed =
+                bounded("closing", session.connection.close(200, reason.into())).await;
         });
     }
 }
