@@ -20,15 +20,16 @@ pub(crate) struct Scope {
 /// Evaluates the runtime functions in a value.
 pub(crate) fn evaluate(value: &Value, w: &World, scope: Scope) -> Result<Value, String> {
     match value {
-        Value::Object(map) if map.len() == 1 => {
-            let (name, args) = map.iter().next().expect("one entry");
-            match name.as_str() {
-                "get_attribute" => get_attribute(args, w, scope),
-                "concat" => concat(args, w, scope),
+        Value::Object(map) => {
+            let mut entries = map.iter();
+            match (entries.next(), entries.next()) {
+                (Some((name, args)), None) if name == "get_attribute" => {
+                    get_attribute(args, w, scope)
+                }
+                (Some((name, args)), None) if name == "concat" => concat(args, w, scope),
                 _ => evaluate_map(map, w, scope).map(Value::Object),
             }
         }
-        Value::Object(map) => evaluate_map(map, w, scope).map(Value::Object),
         Value::Array(items) => items
             .iter()
             .map(|v| evaluate(v, w, scope))

@@ -29,11 +29,8 @@ mod world;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use drover_model::{
-    Deployment, Event, EventContext, Execution, ExecutionStatus, Map, NodeInstance, Plan,
-};
+use drover_model::{Deployment, EventContext, Execution, ExecutionStatus, Map, NodeInstance, Plan};
 use drover_store::StateStore;
-use serde_json::Value;
 use tokio::sync::watch;
 
 pub use dispatch::{
@@ -248,8 +245,8 @@ impl<D: TaskDispatcher> Engine<D> {
         };
         let run_params = Params {
             dry_run: execution.is_dry_run,
-            task_retries: int_param(&params, "task_retries", 0)?,
-            task_retry_interval: float_param(&params, "task_retry_interval", 1.0)?,
+            task_retries: workflows::int(&params, "task_retries", 0)?,
+            task_retry_interval: workflows::float(&params, "task_retry_interval", 1.0)?,
             parallelism: options.parallelism.max(1),
             blueprint_dir: deployment.blueprint_dir.clone(),
         };
@@ -471,11 +468,6 @@ impl<D: TaskDispatcher> Engine<D> {
     }
 }
 
-/// The events of an execution so far, from the store.
-pub fn events(store: &dyn StateStore, execution_id: &str) -> Result<Vec<Event>, EngineError> {
-    Ok(store.events(execution_id)?)
-}
-
 fn new_id() -> String {
     let mut s = String::with_capacity(36);
     for (i, n) in [8, 4, 4, 4, 12].into_iter().enumerate() {
@@ -487,32 +479,4 @@ fn new_id() -> String {
         }
     }
     s
-}
-
-fn int_param(params: &Map, name: &str, default: i64) -> Result<i64, String> {
-    match params.get(name) {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .ok_or_else(|| format!("parameter {name} must be an integer")),
-        Some(Value::String(s)) => s
-            .trim()
-            .parse()
-            .map_err(|_| format!("parameter {name} must be an integer, not {s:?}")),
-        Some(other) => Err(format!("parameter {name} must be an integer, not {other}")),
-    }
-}
-
-fn float_param(params: &Map, name: &str, default: f64) -> Result<f64, String> {
-    match params.get(name) {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::Number(n)) => n
-            .as_f64()
-            .ok_or_else(|| format!("parameter {name} must be a number")),
-        Some(Value::String(s)) => s
-            .trim()
-            .parse()
-            .map_err(|_| format!("parameter {name} must be a number, not {s:?}")),
-        Some(other) => Err(format!("parameter {name} must be a number, not {other}")),
-    }
 }

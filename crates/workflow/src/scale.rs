@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::journal::WorkflowPlan;
 use crate::lifecycle::{COMPUTE, Phase, Selection};
-use crate::workflows::{flag, strings};
+use crate::workflows::{flag, int, strings};
 use crate::world::World;
 
 pub(crate) fn plan(world: &World, params: &Map) -> Result<WorkflowPlan, String> {
@@ -21,15 +21,7 @@ pub(crate) fn plan(world: &World, params: &Map) -> Result<WorkflowPlan, String> 
         .get("scalable_entity_name")
         .and_then(Value::as_str)
         .ok_or("scale needs the parameter scalable_entity_name")?;
-    let delta = match params.get("delta") {
-        None | Some(Value::Null) => 1,
-        Some(Value::Number(n)) => n.as_i64().ok_or("parameter delta must be an integer")?,
-        Some(Value::String(s)) => s
-            .trim()
-            .parse()
-            .map_err(|_| format!("parameter delta must be an integer, not {s:?}"))?,
-        Some(other) => return Err(format!("parameter delta must be an integer, not {other}")),
-    };
+    let delta = int(params, "delta", 1)?;
     let rollback = match params.get("rollback_if_failed") {
         None | Some(Value::Null) => true,
         _ => flag(params, "rollback_if_failed")?,

@@ -136,6 +136,36 @@ pub(crate) fn flag(params: &Map, name: &str) -> Result<bool, String> {
     }
 }
 
+/// An integer parameter; a string of digits is accepted, as from `-p`.
+pub(crate) fn int(params: &Map, name: &str, default: i64) -> Result<i64, String> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| format!("parameter {name} must be an integer")),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("parameter {name} must be an integer, not {s:?}")),
+        Some(other) => Err(format!("parameter {name} must be an integer, not {other}")),
+    }
+}
+
+/// A number parameter; a numeric string is accepted, as from `-p`.
+pub(crate) fn float(params: &Map, name: &str, default: f64) -> Result<f64, String> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .ok_or_else(|| format!("parameter {name} must be a number")),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("parameter {name} must be a number, not {s:?}")),
+        Some(other) => Err(format!("parameter {name} must be a number, not {other}")),
+    }
+}
+
 /// A list-of-strings parameter (empty when absent); one string reads as a list of one.
 pub(crate) fn strings(params: &Map, name: &str) -> Result<Vec<String>, String> {
     match params.get(name) {
