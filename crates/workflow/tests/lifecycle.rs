@@ -452,3 +452,58 @@ async fn compute_nodes_without_create_get_their_server_from_the_provisioner() {
     run(&engine, "uninstall", json!({})).await;
     assert!(runner.record.lines().contains(&"delete host_1".to_owned()));
 }
+
+#[tokio::test]
+async fn relationship_operations_see_source_and_target() {
+    let mut plan = PlanBuilder::new()
+        .node("db", 1)
+        .property("port", json!(5432))
+        .node("app", 1)
+        .connected_to("db")
+        .build();
+    let app = plan.nodes.iter_mut().find(|n| n.id == "app").unwrap();
+    let establish = "cloudify.interfaces.relationship_lifecycle.establish";
+    let op = app.relationships[0]
+        .source_operations
+        .get_mut(establish)
+        .unwrap();
+    op.has_intrinsic_functions = true;
+    op.inputs
+        .insert("port".into(), json!({"get_attribute": ["TARGET", "port"]}));
+    op.inputs.insert(
+        "db_created".into(),
+        json!({"get_attribute": ["TARGET", "create_ran"]}),
+    );
+    op.inputs.insert(
+        "me".into(),
+        json!({"get_attribute": ["SOURCE", "node_instance_id"]}),
+    );
+    let op = app.relationships[0]
+        .target_operations
+        .get_mut(establish)
+        .unwrap();
+    op.has_intrinsic_functions = true;
+    op.inputs.insert(
+        "self".into(),
+        json!({"get_attribute": ["SELF", "node_instance_id"]}),
+    );
+    let runner = RecordingRunner::new();
+    let engine = engine(plan, runner.clone());
+    install(&engine).await;
+    let lines = runner.record.lines();
+    let source = lines
+        .iter()
+        .find(|l| l.starts_with("establish app_1->db_1 source"))
+        .unwrap();
+    assert!(source.contains(r#""port":5432"#), "{source}");
+    assert!(source.contains(r#""db_created":true"#), "{source}");
+    assert!(source.contains(r#""me":"app_1""#), "{source}");
+    let target = lines
+        .iter()
+        .find(|l| l.starts_with("establish app_1->db_1 target"))
+        .unwrap();
+    assert!(
+        target.contains(r#""self":"db_1""#),
+        "SELF of a target operation is the target: {target}"
+    );
+}
