@@ -80,7 +80,10 @@ pub fn values(
 
 /// Checks one constraint (`{greater_than: 1}` …) of an input value.
 fn check_constraint(value: &Json, constraint: &Json) -> Result<(), String> {
-    let Some((name, arg)) = constraint.as_object().and_then(|m| m.iter().next()) else {
+    let operator = constraint
+        .as_object()
+        .and_then(|m| m.iter().find(|(k, _)| *k != "error_message"));
+    let Some((name, arg)) = operator else {
         return Err(format!(
             "a constraint is a single-entry mapping, got {constraint}"
         ));
@@ -133,7 +136,10 @@ fn check_constraint(value: &Json, constraint: &Json) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("value {value} violates constraint {name}: {arg}"))
+        match constraint.get("error_message").and_then(Json::as_str) {
+            Some(message) => Err(message.to_string()),
+            None => Err(format!("value {value} violates constraint {name}: {arg}")),
+        }
     }
 }
 

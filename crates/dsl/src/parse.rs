@@ -163,11 +163,11 @@ const INPUT: &[Field] = &[
     ("description", ANY),
     ("type", ANY),
     ("default", ANY),
-    ("required", ANY),
+    ("required", (1, 2)),
     ("constraints", ANY),
-    ("display_label", ANY),
-    ("hidden", ANY),
-    ("item_type", ANY),
+    ("display_label", (1, 3)),
+    ("hidden", (1, 3)),
+    ("item_type", (1, 4)),
     ("display", ANY),
 ];
 const PROPERTY: &[Field] = &[
@@ -360,7 +360,8 @@ pub fn blueprint(document: &Node, version: Version) -> Result<Blueprint, Error> 
                 for (name, input) in entries(value, path, "inputs")? {
                     let p = join(path, &name.name);
                     fields(input, &p, "an input", INPUT, v)?;
-                    check_constraints(input, &p)?;
+                    check_constraints(input, &p, v)?;
+                    check_hidden_input(input, &name.name, &p)?;
                     let definition = json_map(input, &p, "an input")?;
                     bp.inputs
                         .insert(name.name.clone(), (definition, name.mark.clone()));
@@ -482,8 +483,24 @@ const CONSTRAINTS: &[&str] = &[
     "deployment_id",
 ];
 
-/// `constraints` of an input or parameter: a list of single-operator mappings.
-fn check_constraints(schema: &Node, path: &str) -> Result<(), Error> {
+/// A hidden input cannot be asked for, so a required one needs a default.
+fn check_hidden_input(input: &Node, name: &str, path: &str) -> Result<(), Error> {
+    let flag = |field: &str, default: bool| match input.get(field).map(|n| &n.value) {
+        Some(Value::Bool(b)) => *b,
+        _ => default,
+    };
+    if flag("hidden", false) && flag("required", true) && input.get("default").is_none() {
+        return Err(input.mark.error(
+            path,
+            format!("input '{name}' is both hidden and required, so it needs a default"),
+        ));
+    }
+    Ok(())
+}
+
+/// `constraints` of an input or parameter: a list of single-operator mappings (from 1_5 an
+/// operator may come with an `error_message`).
+fn check_constraints(schema: &Node, path: &str, v: &Version) -> Result<(), Error> {
     let Some(constraints) = schema.get("constraints") else {
         return Ok(());
     };
@@ -501,7 +518,15 @@ fn check_constraints(schema: &Node, path: &str) -> Result<(), Error> {
     for (i, item) in items.iter().enumerate() {
         let p = join(&path, &i.to_string());
         let entries = entries(item, &p, "a constraint")?;
-        let [(operator, _)] = entries else {
+        let operators: Vec<&Key> = entries
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.name != "error_message")
+            .collect();
+        if entries.len() > operators.len() {
+            v.require(item, &p, "a constraint's error_message", 1, 5)?;
+        }
+        let [operator] = operators.as_slice() else {
             return Err(item.mark.error(
                 p,
                 "each constraint is a mapping of one operator to its argument",
@@ -831,7 +856,7 @@ fn workflow(node: &Node, path: &str, v: &Version) -> Result<Workflow, Error> {
                         for (name, schema) in entries(value, &p, "workflow parameters")? {
                             let pp = join(&p, &name.name);
                             fields(schema, &pp, "a parameter schema", WORKFLOW_PARAMETER, v)?;
-                            check_constraints(schema, &pp)?;
+                            check_constraints(schema, &pp, v)?;
                         }
                         w.parameters = json_map(value, &p, "workflow parameters")?;
                     }

@@ -39,9 +39,9 @@ pub fn make(
     resource_base: Option<&Path>,
     root: &Mark,
 ) -> Result<Plan, Error> {
-    let node_types = types::derive_all("node_types", &bp.node_types)?;
-    let relationship_types = types::derive_all("relationships", &bp.relationships)?;
-    let data_types = types::derive_all("data_types", &bp.data_types)?;
+    let data_types = types::derive_all("data_types", &bp.data_types, &HashMap::new())?;
+    let node_types = types::derive_all("node_types", &bp.node_types, &data_types)?;
+    let relationship_types = types::derive_all("relationships", &bp.relationships, &data_types)?;
     let input_values = crate::inputs::values(&bp.inputs, given_inputs, &data_types, root)?;
     let binder = Binder {
         plugins: &bp.plugins,

@@ -40,9 +40,14 @@ const MAX_DERIVATION_DEPTH: usize = 1000;
 /// Derives every type of a section (`node_types`, `relationships`, `data_types`), rejecting
 /// unknown parents and cyclic derivations. Each type is folded once, from its nearest derived
 /// ancestor.
+///
+/// `data_types` (already derived; empty while deriving data types themselves) let a property
+/// that keeps its parent's data type merge its default into the parent's, as Cloudify's
+/// `merge_schemas` does.
 pub fn derive_all(
     section: &str,
     defs: &IndexMap<String, TypeDef>,
+    data_types: &HashMap<String, Derived>,
 ) -> Result<HashMap<String, Derived>, Error> {
     let mut done: HashMap<String, Derived> = HashMap::with_capacity(defs.len());
     for name in defs.keys() {
@@ -90,36 +95,86 @@ pub fn derive_all(
                     ),
                 ));
             }
-            let derived = derive(type_name, def, parent);
+            let derived = derive(section, type_name, def, parent, data_types)?;
             done.insert((*type_name).to_string(), derived);
         }
     }
     Ok(done)
 }
 
-fn derive(name: &str, def: &TypeDef, parent: Option<&Derived>) -> Derived {
+fn derive(
+    section: &str,
+    name: &str,
+    def: &TypeDef,
+    parent: Option<&Derived>,
+    data_types: &HashMap<String, Derived>,
+) -> Result<Derived, Error> {
     let Some(parent) = parent else {
-        return Derived {
+        return Ok(Derived {
             hierarchy: vec![name.to_string()],
             properties: def.properties.clone(),
             interfaces: def.interfaces.clone(),
             source_interfaces: def.source_interfaces.clone(),
             target_interfaces: def.target_interfaces.clone(),
-        };
+        });
     };
     let mut hierarchy = parent.hierarchy.clone();
     hierarchy.push(name.to_string());
     let mut properties = parent.properties.clone();
     for (k, v) in &def.properties {
-        properties.insert(k.clone(), v.clone());
+        let mut v = v.clone();
+        if let Some(overridden) = parent.properties.get(k) {
+            let path = format!("{section}.{name}.properties.{k}");
+            let check = PropertyCheck {
+                data_types,
+                what: &format!("the default of '{name}'"),
+                mark: &def.mark,
+                require: false,
+            };
+            if let Some(default) = inherited_default(&v, overridden, &check, &path)? {
+                v.insert("default".into(), default);
+            }
+        }
+        properties.insert(k.clone(), v);
     }
-    Derived {
+    Ok(Derived {
         hierarchy,
         properties,
         interfaces: merge_type_interfaces(&def.interfaces, &parent.interfaces),
         source_interfaces: merge_type_interfaces(&def.source_interfaces, &parent.source_interfaces),
         target_interfaces: merge_type_interfaces(&def.target_interfaces, &parent.target_interfaces),
+    })
+}
+
+/// A property redefined with its parent's data type keeps the parent's default under its own:
+/// the fields its default leaves out come from the parent's.
+fn inherited_default(
+    overriding: &Map,
+    overridden: &Map,
+    check: &PropertyCheck<'_>,
+    path: &str,
+) -> Result<Option<Json>, Error> {
+    let type_name = overriding.get("type").and_then(Json::as_str);
+    let Some(type_name) = type_name.filter(|t| {
+        check.data_types.contains_key(*t)
+            && overridden.get("type").and_then(Json::as_str) == Some(t)
+    }) else {
+        return Ok(None);
+    };
+    if overridden.get("default").is_none_or(Json::is_null) {
+        return Ok(None);
     }
+    let derived = schema_default(overridden, check, path, 0)?;
+    let initial = overriding
+        .get("default")
+        .filter(|d| !d.is_null())
+        .cloned()
+        .unwrap_or_else(|| Json::Object(Map::new()));
+    let merged = typed_at_depth(initial, Some(type_name), derived.as_ref(), check, path, 0)?;
+    Ok(merged
+        .as_object()
+        .is_some_and(|m| !m.is_empty())
+        .then_some(merged))
 }
 
 /// A derived type's interfaces over its parent's: operation by operation, the derived one whole.
@@ -443,7 +498,7 @@ mod tests {
             .into_iter()
             .map(|(n, p)| (n.to_string(), def(p)))
             .collect();
-        let derived = derive_all("node_types", &defs).unwrap_or_default();
+        let derived = derive_all("node_types", &defs, &HashMap::new()).unwrap_or_default();
         assert_eq!(
             derived.get("c").map(|d| d.hierarchy.clone()),
             Some(vec!["a".into(), "b".into(), "c".into()])
@@ -458,7 +513,7 @@ mod tests {
                 (format!("t{i}"), def(parent.as_deref()))
             })
             .collect();
-        let err = derive_all("node_types", &defs)
+        let err = derive_all("node_types", &defs, &HashMap::new())
             .err()
             .map(|e| e.message)
             .unwrap_or_default();
@@ -471,7 +526,7 @@ mod tests {
             .into_iter()
             .map(|(n, p)| (n.to_string(), def(p)))
             .collect();
-        let err = derive_all("node_types", &defs)
+        let err = derive_all("node_types", &defs, &HashMap::new())
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();

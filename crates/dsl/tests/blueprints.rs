@@ -803,3 +803,14 @@ fn plugins_are_checked() {
         Some(&json!(true))
     );
 }
+
+#[test]
+fn redefined_data_typed_properties_keep_the_parents_default() {
+    let p = plan(
+        "tosca_definitions_version: cloudify_dsl_1_3\ndata_types:\n  agent:\n    properties:\n      method: {}\n      port: {default: 22}\n      user: {required: false}\nnode_types:\n  base:\n    properties:\n      agent: {type: agent, default: {method: remote}}\n  windows:\n    derived_from: base\n    properties:\n      agent: {type: agent, default: {port: 5985}}\nnode_templates:\n  vm:\n    type: windows\n    properties:\n      agent: {user: admin}\n",
+    );
+    assert_eq!(
+        node(&p, "vm").properties.get("agent"),
+        Some(&json!({"method": "remote", "port": 5985, "user": "admin"}))
+    );
+}
