@@ -338,11 +338,25 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
                             batch.push(op_task);
                         }
                         Err(e) => {
-                            let context = self.task_context(st, t, &format!("{}", st.p));
-                            self.emit(events::event("task_failed", context, e.clone()));
+                            // The task could not be made (a runtime function failed): it fails
+                            // as if it had run, under the id it would have had.
+                            let task_id = self.task_id(st.p, t, attempt);
+                            let context = self.task_context(st, t, &task_id);
                             st.progress.failures += 1;
-                            st.failed.get_or_insert(e);
-                            break;
+                            self.journal(&Entry::Failed {
+                                p: st.p,
+                                t,
+                                a: attempt,
+                            });
+                            if st.phase.ignores_failure() {
+                                let text = format!("{e} (ignored)");
+                                self.emit(events::event("task_failed", context, text));
+                                self.complete(st, t);
+                            } else {
+                                self.emit(events::event("task_failed", context, e.clone()));
+                                st.failed.get_or_insert(e);
+                                break;
+                            }
                         }
                     }
                 }
@@ -583,8 +597,14 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
         c
     }
 
-    /// The task an id names, when it is one this phase sent and has not settled. Task ids are
-    /// `<execution>-<phase>-<task>-<attempt>`, so no map from ids is kept.
+    /// A task's id: `<execution>-<phase>-<task>-<attempt>`, the same when a resumed execution
+    /// sends it again.
+    fn task_id(&self, p: u32, t: TaskId, attempt: u32) -> String {
+        format!("{}-{p}-{t}-{attempt}", self.base.execution_id)
+    }
+
+    /// The task an id names, when it is one this phase sent and has not settled (parsed from
+    /// the id, so no map from ids is kept).
     fn in_flight_task(&self, st: &PhaseState<'_>, task_id: &str) -> Option<TaskId> {
         let rest = task_id
             .strip_prefix(self.base.execution_id.as_str())?
@@ -671,7 +691,7 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
                 inputs.insert(k.clone(), v.clone());
             }
         }
-        let task_id = format!("{}-{}-{}-{}", self.base.execution_id, st.p, t, attempt);
+        let task_id = self.task_id(st.p, t, attempt);
         // A dry run runs nothing, so nothing reads the properties: the task carries ids only.
         let task_node = |i| {
             if self.params.dry_run {
