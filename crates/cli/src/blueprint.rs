@@ -114,8 +114,16 @@ fn table(plan: &Plan) -> String {
                 node.id.clone(),
                 node.type_name.clone(),
                 node.host_id.clone().unwrap_or_else(|| "-".into()),
-                counts.get(node.id.as_str()).copied().unwrap_or(0).to_string(),
-                if relationships.is_empty() { "-".into() } else { relationships },
+                counts
+                    .get(node.id.as_str())
+                    .copied()
+                    .unwrap_or(0)
+                    .to_string(),
+                if relationships.is_empty() {
+                    "-".into()
+                } else {
+                    relationships
+                },
             ]
         })
         .collect();

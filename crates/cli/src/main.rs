@@ -48,6 +48,7 @@ impl From<anyhow::Error> for Failure {
 
 fn main() -> ExitCode {
     drover_agent::ctx::main_if_invoked_as_ctx();
+    restore_default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Blueprint(cmd) => blueprint::run(cmd),
@@ -63,5 +64,14 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(3)
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so `drover local instances | head` would panic on a closed pipe; a
+/// command-line tool should end quietly instead, as `ls | head` does.
+fn restore_default_sigpipe() {
+    // SAFETY: called first thing in main, before any thread is spawned; SIG_DFL is always valid.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
