@@ -1,6 +1,7 @@
 //! `drover blueprint validate|plan`.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -65,16 +66,22 @@ pub fn run(command: BlueprintCommand) -> Result<(), Failure> {
             let plan = drover_dsl::plan_file(&blueprint, &options)
                 .map_err(|e| Failure::Invalid(e.to_string()))?;
             match format {
-                PlanFormat::Json => {
-                    let json = serde_json::to_string_pretty(&plan)
-                        .map_err(|e| Failure::Other(e.into()))?;
-                    println!("{json}");
-                }
+                PlanFormat::Json => write_json(&plan).map_err(Failure::Other)?,
                 PlanFormat::Table => print!("{}", table(&plan)),
             }
             Ok(())
         }
     }
+}
+
+/// Streams the plan to stdout: a 100,000-instance plan is tens of megabytes of JSON, which need
+/// not be held in memory a second time.
+fn write_json(plan: &Plan) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    serde_json::to_writer_pretty(&mut out, plan)?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
 }
 
 impl SourceArgs {

@@ -46,6 +46,11 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+/// mimalloc: planning 100,000 instances is mostly small allocations (ids, names), where it is
+/// about twice as fast as the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     drover_agent::ctx::main_if_invoked_as_ctx();
     restore_default_sigpipe();
