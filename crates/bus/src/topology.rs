@@ -26,6 +26,10 @@ pub const EXCHANGE_HEADER: &str = "x-drover-exchange";
 /// The routing key a dead-lettered message was published with.
 pub const ROUTING_KEY_HEADER: &str = "x-drover-routing-key";
 
+/// On a task: the workflow replica that owns its execution, so the agent publishes the result
+/// with [`Topology::result_to`] of this owner (results are routed back to whoever sent the task).
+pub const OWNER_HEADER: &str = "x-drover-owner";
+
 /// AMQP short strings (names, routing keys, header keys, message ids) hold at most 255 bytes.
 pub(crate) const MAX_SHORT_STRING: usize = 255;
 

@@ -4,8 +4,8 @@
 //! [`TaskReport`]s for the execution from the stream it subscribed to. Reports may arrive in any
 //! order, late, or twice (a task re-sent after a takeover keeps its id, and an agent that already
 //! finished it answers again): the engine matches them by task id and ignores what it does not
-//! expect. `drover local` uses [`InProcessDispatcher`]; the AMQP dispatcher of the bus crate
-//! publishes to agents' queues and consumes the execution's result queue.
+//! expect. `drover local` uses [`InProcessDispatcher`]; [`crate::BusDispatcher`] publishes to
+//! agents' queues and consumes the replica's results queue.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -11,8 +11,11 @@
 //! - `journal` is what `resume` reads back: a resumed execution rebuilds the same graphs, skips
 //!   finished tasks and re-sends in-flight ones under their original ids.
 //!
+//! [`BusDispatcher`] sends tasks to agents over a message bus instead.
+//!
 //! [`testing`] builds small plans by hand for tests.
 
+mod bus_dispatch;
 mod dispatch;
 mod events;
 mod executor;
@@ -33,6 +36,7 @@ use drover_model::{Deployment, EventContext, Execution, ExecutionStatus, Map, No
 use drover_store::StateStore;
 use tokio::sync::watch;
 
+pub use bus_dispatch::{BusDispatcher, Router};
 pub use dispatch::{
     DispatchError, InProcessDispatcher, NoRunner, OperationRunner, TaskDispatcher, TaskReport,
 };
