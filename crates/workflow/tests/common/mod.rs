@@ -7,7 +7,9 @@ use std::sync::Arc;
 use drover_model::{Event, Execution, ExecutionStatus, Map, NodeInstance, Plan};
 use drover_store::{MemoryStore, StateStore};
 use drover_workflow::testing::RecordingRunner;
-use drover_workflow::{Canceller, Engine, InProcessDispatcher, NullObserver, Observer, RunOptions};
+use drover_workflow::{
+    Canceller, Engine, InProcessDispatcher, NullObserver, Observer, RunOptions, TaskDispatcher,
+};
 
 pub type TestEngine = Engine<InProcessDispatcher<RecordingRunner>>;
 
@@ -33,16 +35,16 @@ impl Observer for Collect {
     }
 }
 
-pub async fn run(
-    engine: &TestEngine,
+pub async fn run<D: TaskDispatcher>(
+    engine: &Engine<D>,
     workflow: &str,
     params: serde_json::Value,
 ) -> (Execution, Vec<Event>) {
     run_with(engine, workflow, params, false).await
 }
 
-pub async fn run_with(
-    engine: &TestEngine,
+pub async fn run_with<D: TaskDispatcher>(
+    engine: &Engine<D>,
     workflow: &str,
     params: serde_json::Value,
     dry_run: bool,
@@ -60,12 +62,12 @@ pub async fn run_with(
     (done, events.0)
 }
 
-pub async fn install(engine: &TestEngine) {
+pub async fn install<D: TaskDispatcher>(engine: &Engine<D>) {
     let (e, _) = run(engine, "install", serde_json::json!({})).await;
     assert_eq!(e.status, ExecutionStatus::Terminated, "{}", e.error);
 }
 
-pub fn instances(engine: &TestEngine) -> HashMap<String, NodeInstance> {
+pub fn instances<D: TaskDispatcher>(engine: &Engine<D>) -> HashMap<String, NodeInstance> {
     engine
         .store()
         .node_instances("d")
