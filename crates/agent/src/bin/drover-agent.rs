@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -52,6 +53,10 @@ enum Command {
         /// The prefix of every exchange and queue name, as the workflow replicas use it.
         #[arg(long, default_value = "")]
         prefix: String,
+        /// Let the broker delete queues unused for this many seconds (for tests sharing a
+        /// broker; every user of a queue must declare it alike).
+        #[arg(long)]
+        queue_expiry_s: Option<u64>,
         /// The agent's working directory.
         #[arg(long, default_value = ".")]
         work_dir: PathBuf,
@@ -79,9 +84,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             queue,
             concurrency,
             prefix,
+            queue_expiry_s,
             work_dir,
         } => {
-            let topology = Topology::new().with_prefix(prefix);
+            let mut topology = Topology::new().with_prefix(prefix);
+            if let Some(seconds) = queue_expiry_s {
+                topology = topology.with_queue_expiry(Duration::from_secs(seconds));
+            }
             let service = async {
                 let bus = AmqpBus::connect(AmqpOptions::new(amqp_url, topology))
                     .await

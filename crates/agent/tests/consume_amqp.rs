@@ -1,0 +1,128 @@
+//! `drover-agent consume` on a real RabbitMQ: a script operation sent to the agent's queue is
+//! run (the binary is its own `ctx`) and answered to the owner's results queue; a malformed
+//! task is dead-lettered with a reason and the agent goes on. `#[ignore]`d: run with
+//! `--ignored` and `DROVER_AMQP_URL` set (scripts/test does).
+
+use std::time::Duration;
+
+use drover_bus::topology::{OWNER_HEADER, REASON_HEADER};
+use drover_bus::{AmqpBus, AmqpOptions, Bus, ConsumeOptions, Message};
+use drover_model::{OperationTask, TaskNode, TaskOutcome, TaskResult};
+use serde_json::json;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_drover-agent");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run with --ignored and DROVER_AMQP_URL set (scripts/test does)"]
+async fn consume_runs_tasks_from_rabbitmq_and_dead_letters_malformed_ones() {
+    let url = std::env::var("DROVER_AMQP_URL").expect(
+        "DROVER_AMQP_URL is not set: start RabbitMQ with `scripts/rabbitmq start` and set \
+         DROVER_AMQP_URL=$(scripts/rabbitmq url)",
+    );
+    let topology = drover_bus::suite::topology("agent-consume");
+    let bus = AmqpBus::connect(AmqpOptions::new(url.clone(), topology.clone()))
+        .await
+        .expect("connecting to RabbitMQ");
+    bus.declare_queue(topology.results_queue("w1"))
+        .await
+        .unwrap();
+    let mut results = bus
+        .consume(
+            &topology.results_queue_name("w1"),
+            ConsumeOptions::default(),
+        )
+        .await
+        .unwrap();
+    let mut dead = bus
+        .consume(
+            &topology.dead_letter_queue_name(),
+            ConsumeOptions::default(),
+        )
+        .await
+        .unwrap();
+
+    let blueprint = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(
+        blueprint.path().join("configure.sh"),
+        "ctx instance runtime-properties consumed \"$from\"\n",
+    )
+    .unwrap();
+    // The suite's topology lets unused queues expire; the agent must declare them alike.
+    let _agent = tokio::process::Command::new(AGENT)
+        .args(["consume", "--amqp-url", &url, "--queue", "web_1"])
+        .args(["--prefix", topology.prefix(), "--queue-expiry-s", "300"])
+        .arg("--work-dir")
+        .arg(work.path())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let task = OperationTask {
+        task_id: "t1".into(),
+        execution_id: "e1".into(),
+        plugin: "script".into(),
+        implementation: "configure.sh".into(),
+        inputs: json!({"from": "rabbitmq"}).as_object().cloned().unwrap(),
+        blueprint_dir: Some(blueprint.path().display().to_string()),
+        node: TaskNode {
+            node_instance_id: "web_1".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let message = Message::new(serde_json::to_vec(&task).unwrap())
+        .with_id("t1")
+        .with_header(OWNER_HEADER, "w1");
+    // Unroutable until the agent has declared its queue.
+    let route = topology.task_to_agent("web_1");
+    let mut sent = false;
+    for _ in 0..100 {
+        if bus
+            .publish(&route, message.clone())
+            .await
+            .unwrap()
+            .await
+            .is_ok()
+        {
+            sent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(sent, "the agent never declared its queue");
+
+    let delivery = drover_bus::suite::expect(&mut results).await;
+    assert_eq!(delivery.message.id.as_deref(), Some("t1"));
+    let result: TaskResult = serde_json::from_slice(&delivery.message.body).unwrap();
+    assert!(
+        matches!(result.outcome, TaskOutcome::Succeeded { .. }),
+        "{result:?}"
+    );
+    assert_eq!(
+        result.runtime_properties["web_1"]["consumed"],
+        json!("rabbitmq")
+    );
+    delivery.ack().await.unwrap();
+
+    let malformed = Message::new("not a task").with_header(OWNER_HEADER, "w1");
+    bus.publish(&route, malformed).await.unwrap().await.unwrap();
+    let delivery = drover_bus::suite::expect(&mut dead).await;
+    assert!(
+        delivery.message.headers[REASON_HEADER].starts_with("malformed task"),
+        "{:?}",
+        delivery.message.headers
+    );
+    delivery.ack().await.unwrap();
+
+    // Still answering; the repeated task id gets the first result (the script is not run
+    // again).
+    let again = Message::new(serde_json::to_vec(&task).unwrap())
+        .with_id("t1")
+        .with_header(OWNER_HEADER, "w1");
+    bus.publish(&route, again).await.unwrap().await.unwrap();
+    let delivery = drover_bus::suite::expect(&mut results).await;
+    let repeat: TaskResult = serde_json::from_slice(&delivery.message.body).unwrap();
+    assert_eq!(repeat, result);
+    delivery.ack().await.unwrap();
+}
