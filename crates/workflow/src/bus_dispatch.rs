@@ -8,6 +8,10 @@
 //! delivers at least once and in any order; the executor already matches reports by task id and
 //! ignores repeated or late ones, so this layer only decodes and hands over.
 //!
+//! A result for an execution that is not subscribed here (it ended, or it has not been resumed
+//! yet after a restart) is acknowledged and dropped: a resumed execution sends its in-flight
+//! tasks again under their ids, and the agents answer those with their first results.
+//!
 //! No `Started` report comes over the bus (agents publish only results), so an execution run
 //! through it has no `task_started` events.
 
