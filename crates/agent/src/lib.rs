@@ -3,10 +3,13 @@
 //! [`OperationRunner`] is what both the embedded mode (`drover local`) and the `drover-agent`
 //! binary call: task in, [`TaskResult`](drover_model::TaskResult) out, logs to a [`LogSink`].
 //! Scripts reach their context through the [`ctx`] command. [`AgentService`] feeds the runner
-//! from a bus queue and publishes its results; heartbeats and hollow mode (issue 4) will sit
-//! around the runner too, not in it.
+//! from a bus queue and publishes its results; a [`Heartbeat`] tells the monitors the agent is
+//! there; a [`HollowHost`] runs many simulated agents in one process for scale tests. Both sit
+//! around the runner, not in it.
 
 pub mod ctx;
+mod heartbeat;
+mod hollow;
 pub mod log;
 mod memo;
 pub mod plugin;
@@ -14,6 +17,8 @@ pub mod runner;
 pub mod script;
 mod service;
 
+pub use heartbeat::{DEFAULT_HEARTBEAT_INTERVAL, Heartbeat, HeartbeatMessage};
+pub use hollow::{Delayed, HollowHost, hollow_agent_name};
 pub use log::{LogLevel, LogRecord, LogSink, LogStream, discard_logs};
 pub use plugin::{DryRun, OperationEnv, Plugin, PluginFuture, PluginOutput, PluginRegistry};
 pub use runner::{DEFAULT_REMEMBERED_TASKS, OperationRunner, RunnerConfig};

@@ -77,6 +77,9 @@ impl Plugin for DryRun {
 #[derive(Clone, Default)]
 pub struct PluginRegistry {
     plugins: HashMap<String, Arc<dyn Plugin>>,
+    /// Runs the operations of every plugin not registered by name (hollow agents answer
+    /// whatever they are sent).
+    fallback: Option<Arc<dyn Plugin>>,
 }
 
 impl PluginRegistry {
@@ -97,8 +100,14 @@ impl PluginRegistry {
         self.plugins.insert(name.into(), plugin);
     }
 
+    /// Runs every operation whose plugin is not registered by name.
+    pub fn set_fallback(&mut self, plugin: Arc<dyn Plugin>) {
+        self.fallback = Some(plugin);
+    }
+
+    /// The plugin registered as `name`, else the fallback.
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Plugin>> {
-        self.plugins.get(name)
+        self.plugins.get(name).or(self.fallback.as_ref())
     }
 
     /// The plugin a task names. A task without a plugin name whose implementation is a file
