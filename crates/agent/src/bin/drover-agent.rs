@@ -2,9 +2,9 @@
 //!
 //! `consume` is the agent proper: it consumes a tasks queue on RabbitMQ and answers every task
 //! there (`drover_agent::AgentService`). `run-task` runs one task given as JSON, which is also
-//! how the ctx end-to-end tests exercise the real binary. Heartbeats and hollow mode come with
-//! issue 4. Started under the name `ctx` (a symlink the runner puts on a script's PATH), it is
-//! the ctx client instead.
+//! how the ctx end-to-end tests exercise the real binary. `hollow N` hosts N simulated agents
+//! for scale tests (`drover_agent::HollowHost`). Started under the name `ctx` (a symlink the
+//! runner puts on a script's PATH), it is the ctx client instead.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use drover_agent::{
-    AgentQueue, AgentService, DEFAULT_CONCURRENCY, LogRecord, LogSink, OperationRunner,
-    PluginRegistry, RunnerConfig,
+    AgentQueue, AgentService, DEFAULT_CONCURRENCY, Heartbeat, HollowHost, LogRecord, LogSink,
+    OperationRunner, PluginRegistry, RunnerConfig,
 };
-use drover_bus::{AmqpBus, AmqpOptions, Topology};
+use drover_bus::{AmqpBus, AmqpOptions, Bus, Topology};
 use drover_model::{OperationTask, TaskOutcome};
 
 #[derive(Parser)]
@@ -41,26 +41,74 @@ enum Command {
     /// Consume a tasks queue on RabbitMQ and run its tasks until the broker stays unreachable;
     /// each result goes to the results queue of the workflow replica that sent the task.
     Consume {
-        /// The broker, e.g. amqp://127.0.0.1:5673/%2f.
-        #[arg(long)]
-        amqp_url: String,
+        #[command(flatten)]
+        bus: BusArgs,
         /// `central`, or this agent's name (its queue is `agent.<NAME>`).
         #[arg(long)]
         queue: String,
         /// Tasks run at once (and the consumer's prefetch).
         #[arg(long, default_value_t = DEFAULT_CONCURRENCY)]
         concurrency: u16,
-        /// The prefix of every exchange and queue name, as the workflow replicas use it.
-        #[arg(long, default_value = "")]
-        prefix: String,
-        /// Let the broker delete queues unused for this many seconds (for tests sharing a
-        /// broker; every user of a queue must declare it alike).
-        #[arg(long)]
-        queue_expiry_s: Option<u64>,
+        /// Heartbeat interval in milliseconds; 0 sends none.
+        #[arg(long, default_value_t = 200)]
+        heartbeat_ms: u64,
         /// The agent's working directory.
         #[arg(long, default_value = ".")]
         work_dir: PathBuf,
     },
+    /// Host N hollow agents `hollow-0` … `hollow-<N-1>` for scale tests: each consumes its own
+    /// queue and heartbeats, and answers every operation with success without running it.
+    Hollow {
+        /// How many agents.
+        agents: usize,
+        #[command(flatten)]
+        bus: BusArgs,
+        /// How long each operation "runs", in milliseconds; 0 answers at once (a dry run).
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Heartbeat interval in milliseconds; 0 sends none.
+        #[arg(long, default_value_t = 200)]
+        heartbeat_ms: u64,
+        /// Operations each agent runs at once (and its consumer's prefetch).
+        #[arg(long, default_value_t = DEFAULT_CONCURRENCY)]
+        concurrency: u16,
+        /// The working directory the (unused) runner requires.
+        #[arg(long, default_value = ".")]
+        work_dir: PathBuf,
+    },
+}
+
+/// Where the broker is and how the names on it are spelled.
+#[derive(Args)]
+struct BusArgs {
+    /// The broker, e.g. amqp://127.0.0.1:5673/%2f.
+    #[arg(long)]
+    amqp_url: String,
+    /// The prefix of every exchange and queue name, as the workflow replicas use it.
+    #[arg(long, default_value = "")]
+    prefix: String,
+    /// Let the broker delete queues unused for this many seconds (for tests sharing a
+    /// broker; every user of a queue must declare it alike).
+    #[arg(long)]
+    queue_expiry_s: Option<u64>,
+}
+
+impl BusArgs {
+    async fn connect(self) -> anyhow::Result<Arc<AmqpBus>> {
+        let mut topology = Topology::new().with_prefix(self.prefix);
+        if let Some(seconds) = self.queue_expiry_s {
+            topology = topology.with_queue_expiry(Duration::from_secs(seconds));
+        }
+        let bus = AmqpBus::connect(AmqpOptions::new(self.amqp_url, topology))
+            .await
+            .context("cannot connect to the broker")?;
+        Ok(Arc::new(bus))
+    }
+}
+
+/// `None` for 0: no heartbeats.
+fn heartbeat_interval(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
 }
 
 fn main() -> ExitCode {
@@ -80,24 +128,19 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::RunTask { file, work_dir } => runtime.block_on(run_task(file, work_dir)),
         Command::Consume {
-            amqp_url,
+            bus,
             queue,
             concurrency,
-            prefix,
-            queue_expiry_s,
+            heartbeat_ms,
             work_dir,
         } => {
-            let mut topology = Topology::new().with_prefix(prefix);
-            if let Some(seconds) = queue_expiry_s {
-                topology = topology.with_queue_expiry(Duration::from_secs(seconds));
-            }
             let service = async {
-                let bus = AmqpBus::connect(AmqpOptions::new(amqp_url, topology))
-                    .await
-                    .context("cannot connect to the broker")?;
+                let bus = bus.connect().await?;
+                let _heartbeat = heartbeat_interval(heartbeat_ms)
+                    .map(|interval| Heartbeat::start(bus.clone(), queue.clone(), interval));
                 let service = AgentService::new(
-                    Arc::new(bus),
-                    Arc::new(runner(work_dir)?),
+                    bus,
+                    Arc::new(runner(work_dir, PluginRegistry::with_builtins())?),
                     AgentQueue::from(queue.as_str()),
                 )
                 .with_concurrency(concurrency);
@@ -106,22 +149,44 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             runtime.block_on(service)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Hollow {
+            agents,
+            bus,
+            delay_ms,
+            heartbeat_ms,
+            concurrency,
+            work_dir,
+        } => {
+            let host = async {
+                let bus: Arc<dyn Bus> = bus.connect().await?;
+                let plugins = PluginRegistry::hollow(Duration::from_millis(delay_ms));
+                let runner = Arc::new(runner(work_dir, plugins)?);
+                let host = HollowHost::start(
+                    bus.clone(),
+                    agents,
+                    heartbeat_interval(heartbeat_ms),
+                    |queue| {
+                        AgentService::new(bus.clone(), runner.clone(), queue)
+                            .with_concurrency(concurrency)
+                    },
+                );
+                host.run().await.context("a hollow agent's queue failed")
+            };
+            runtime.block_on(host)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
-fn runner(work_dir: PathBuf) -> anyhow::Result<OperationRunner> {
+fn runner(work_dir: PathBuf, plugins: PluginRegistry) -> anyhow::Result<OperationRunner> {
     let logs: LogSink = Arc::new(|record: LogRecord| {
         eprintln!(
             "{:?} {:?} [{}] {}",
             record.level, record.stream, record.node_instance_id, record.message
         )
     });
-    OperationRunner::new(
-        RunnerConfig::new(work_dir),
-        PluginRegistry::with_builtins(),
-        logs,
-    )
-    .context("cannot set up the runner")
+    OperationRunner::new(RunnerConfig::new(work_dir), plugins, logs)
+        .context("cannot set up the runner")
 }
 
 async fn run_task(file: Option<PathBuf>, work_dir: PathBuf) -> anyhow::Result<ExitCode> {
@@ -131,7 +196,9 @@ async fn run_task(file: Option<PathBuf>, work_dir: PathBuf) -> anyhow::Result<Ex
         None => std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?,
     };
     let task: OperationTask = serde_json::from_str(&text).context("invalid task JSON")?;
-    let result = runner(work_dir)?.run(task).await;
+    let result = runner(work_dir, PluginRegistry::with_builtins())?
+        .run(task)
+        .await;
     println!("{}", serde_json::to_string(&result)?);
     Ok(match result.outcome {
         TaskOutcome::Succeeded { .. } => ExitCode::SUCCESS,
