@@ -1,6 +1,7 @@
 //! Hollow agents on a real RabbitMQ: 200 agents in one process heartbeat every 200 ms for 10 s
 //! while a monitor drains the `monitor.<n>` shards; every beat arrives, soon, and nothing is
-//! left queued once they stop. `#[ignore]`d: run with `--ignored` and `DROVER_AMQP_URL` set
+//! left queued once they stop. And `drover-agent hollow` answers a task sent to each of its
+//! agents and heartbeats for each. `#[ignore]`d: run with `--ignored` and `DROVER_AMQP_URL` set
 //! (scripts/test does).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,9 +11,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use drover_agent::{
     AgentService, HeartbeatMessage, HollowHost, OperationRunner, PluginRegistry, RunnerConfig,
 };
-use drover_bus::{AmqpBus, AmqpOptions, Bus, ConsumeOptions};
+use drover_bus::topology::OWNER_HEADER;
+use drover_bus::{AmqpBus, AmqpOptions, Bus, ConsumeOptions, Message};
+use drover_model::{OperationTask, TaskOutcome, TaskResult};
 use tokio::sync::mpsc;
 
+const AGENT: &str = env!("CARGO_BIN_EXE_drover-agent");
 const AGENTS: usize = 200;
 const INTERVAL: Duration = Duration::from_millis(200);
 const RUN: Duration = Duration::from_secs(10);
@@ -20,13 +24,17 @@ const RUN: Duration = Duration::from_secs(10);
 /// One heartbeat as the monitor saw it: its shard, the beat, how old it was on arrival.
 type Seen = (u32, HeartbeatMessage, u64);
 
+fn amqp_url() -> String {
+    std::env::var("DROVER_AMQP_URL").expect(
+        "DROVER_AMQP_URL is not set: start RabbitMQ with `scripts/rabbitmq start` and set \
+         DROVER_AMQP_URL=$(scripts/rabbitmq url)",
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs RabbitMQ: run with --ignored and DROVER_AMQP_URL set (scripts/test does)"]
 async fn two_hundred_hollow_agents_heartbeat_without_backlog() {
-    let url = std::env::var("DROVER_AMQP_URL").expect(
-        "DROVER_AMQP_URL is not set: start RabbitMQ with `scripts/rabbitmq start` and set \
-         DROVER_AMQP_URL=$(scripts/rabbitmq url)",
-    );
+    let url = amqp_url();
     let topology = drover_bus::suite::topology("agent-hollow");
     let connect = || async {
         AmqpBus::connect(AmqpOptions::new(url.clone(), topology.clone()))
@@ -131,6 +139,94 @@ async fn two_hundred_hollow_agents_heartbeat_without_backlog() {
     }
     let used: BTreeSet<_> = shards.values().flatten().collect();
     assert!(used.len() >= 3, "{AGENTS} agents over only shards {used:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run with --ignored and DROVER_AMQP_URL set (scripts/test does)"]
+async fn the_hollow_command_answers_each_agents_tasks_and_heartbeats_for_each() {
+    let url = amqp_url();
+    let topology = drover_bus::suite::topology("agent-hollow-cmd");
+    let bus = AmqpBus::connect(AmqpOptions::new(url.clone(), topology.clone()))
+        .await
+        .expect("connecting to RabbitMQ");
+    bus.declare_queue(topology.results_queue("w1"))
+        .await
+        .unwrap();
+    let mut results = bus
+        .consume(
+            &topology.results_queue_name("w1"),
+            ConsumeOptions::default(),
+        )
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    // The suite's topology lets unused queues expire; the agents must declare them alike.
+    let _host = tokio::process::Command::new(AGENT)
+        .args(["hollow", "3", "--amqp-url", &url, "--delay-ms", "50"])
+        .args(["--prefix", topology.prefix(), "--queue-expiry-s", "300"])
+        .arg("--work-dir")
+        .arg(work.path())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    for index in 0..3 {
+        let task = OperationTask {
+            task_id: format!("t{index}"),
+            execution_id: "e1".into(),
+            plugin: "script".into(),
+            implementation: "never-run.sh".into(),
+            ..Default::default()
+        };
+        let message = Message::new(serde_json::to_vec(&task).unwrap())
+            .with_id(task.task_id.clone())
+            .with_header(OWNER_HEADER, "w1");
+        let route = topology.task_to_agent(&drover_agent::hollow_agent_name(index));
+        // Unroutable until the agent has declared its queue.
+        let mut sent = false;
+        for _ in 0..100 {
+            if bus
+                .publish(&route, message.clone())
+                .await
+                .unwrap()
+                .await
+                .is_ok()
+            {
+                sent = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(sent, "hollow-{index} never declared its queue");
+        let delivery = drover_bus::suite::expect(&mut results).await;
+        let result: TaskResult = serde_json::from_slice(&delivery.message.body).unwrap();
+        assert_eq!(result.task_id, task.task_id);
+        assert!(
+            matches!(result.outcome, TaskOutcome::Succeeded { .. }),
+            "{result:?}"
+        );
+        delivery.ack().await.unwrap();
+    }
+
+    let mut heard = BTreeSet::new();
+    for shard in 0..topology.monitor_shards() {
+        let mut monitor = bus
+            .consume(
+                &topology.monitor_queue_name(shard),
+                ConsumeOptions::default().with_prefetch(1000),
+            )
+            .await
+            .unwrap();
+        let poll = Duration::from_millis(100);
+        while let Ok(delivery) = tokio::time::timeout(poll, monitor.next()).await {
+            let delivery = delivery.unwrap();
+            let beat: HeartbeatMessage = serde_json::from_slice(&delivery.message.body).unwrap();
+            heard.insert(beat.agent);
+            delivery.ack().await.unwrap();
+        }
+    }
+    let expected: BTreeSet<String> = (0..3).map(drover_agent::hollow_agent_name).collect();
+    assert_eq!(heard, expected);
 }
 
 fn now_ms() -> u64 {
