@@ -28,7 +28,8 @@ const MAX_UNCONFIRMED: usize = 8;
 pub struct HeartbeatMessage {
     /// The agent's name (also the routing key).
     pub agent: String,
-    /// Counts the beats this agent sent, from 0: a gap means beats were skipped or lost.
+    /// Counts the beats this agent sent, from 0 (a skipped tick sends none, so a gap means a
+    /// beat was lost on the way).
     pub sequence: u64,
     /// When it was sent, in milliseconds since the Unix epoch.
     pub sent_at_ms: u64,
