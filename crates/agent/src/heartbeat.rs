@@ -129,8 +129,9 @@ fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::atomic::{AtomicU32, Ordering};
 
-    use drover_bus::{ConsumeOptions, Consumer, MemoryBus, Topology};
+    use drover_bus::{ConsumeOptions, Consumer, MemoryBus, QueueSpec, Route, Topology};
 
     use super::*;
 
@@ -201,5 +202,57 @@ mod tests {
 
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert!(drain(&mut monitors).await.is_empty(), "beats after drop");
+    }
+
+    /// A broker that takes a second over each of its first `slow` publishes.
+    struct Stalling {
+        inner: MemoryBus,
+        slow: AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl Bus for Stalling {
+        fn topology(&self) -> &Topology {
+            self.inner.topology()
+        }
+
+        async fn declare_queue(&self, spec: QueueSpec) -> drover_bus::Result<()> {
+            self.inner.declare_queue(spec).await
+        }
+
+        async fn publish(&self, route: &Route, message: Message) -> drover_bus::Result<Confirm> {
+            let stall = self
+                .slow
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if stall {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            self.inner.publish(route, message).await
+        }
+
+        async fn consume(
+            &self,
+            queue: &str,
+            options: ConsumeOptions,
+        ) -> drover_bus::Result<Consumer> {
+            self.inner.consume(queue, options).await
+        }
+    }
+
+    #[tokio::test]
+    async fn ticks_missed_while_the_broker_stalls_are_skipped_not_made_up() {
+        let bus = Arc::new(Stalling {
+            inner: MemoryBus::new(Topology::new().with_monitor_shards(1)),
+            slow: AtomicU32::new(2),
+        });
+        let mut monitors = monitors(&bus.inner).await;
+        let heart = Heartbeat::start(bus.clone(), "a", Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        drop(heart);
+        let beats = drain(&mut monitors).await.len();
+        // 2 stalled beats, then about 10 in the last second. Making up the 20 ticks missed
+        // during the stall gives about 25.
+        assert!((5..=16).contains(&beats), "{beats} beats");
     }
 }
