@@ -137,22 +137,13 @@ mod tests {
                 .with_id(task.task_id.clone())
                 .with_header(OWNER_HEADER, "w1");
             let route = t.task_to_agent(&hollow_agent_name(index));
-            // Unroutable until the agent has declared its queue.
-            let mut sent = false;
-            for _ in 0..100 {
-                if bus
-                    .publish(&route, message.clone())
-                    .await
-                    .unwrap()
-                    .await
-                    .is_ok()
-                {
-                    sent = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            assert!(sent, "hollow agent {index} never declared its queue");
+            drover_bus::suite::publish_when_routable(
+                &*bus,
+                &route,
+                message,
+                Duration::from_millis(10),
+            )
+            .await;
         }
 
         let mut answered = BTreeSet::new();

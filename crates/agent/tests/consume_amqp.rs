@@ -74,23 +74,9 @@ async fn consume_runs_tasks_from_rabbitmq_and_dead_letters_malformed_ones() {
     let message = Message::new(serde_json::to_vec(&task).unwrap())
         .with_id("t1")
         .with_header(OWNER_HEADER, "w1");
-    // Unroutable until the agent has declared its queue.
     let route = topology.task_to_agent("web_1");
-    let mut sent = false;
-    for _ in 0..100 {
-        if bus
-            .publish(&route, message.clone())
-            .await
-            .unwrap()
-            .await
-            .is_ok()
-        {
-            sent = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(sent, "the agent never declared its queue");
+    drover_bus::suite::publish_when_routable(&bus, &route, message, Duration::from_millis(100))
+        .await;
 
     let delivery = drover_bus::suite::expect(&mut results).await;
     assert_eq!(delivery.message.id.as_deref(), Some("t1"));

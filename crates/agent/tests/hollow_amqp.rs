@@ -182,22 +182,8 @@ async fn the_hollow_command_answers_each_agents_tasks_and_heartbeats_for_each() 
             .with_id(task.task_id.clone())
             .with_header(OWNER_HEADER, "w1");
         let route = topology.task_to_agent(&drover_agent::hollow_agent_name(index));
-        // Unroutable until the agent has declared its queue.
-        let mut sent = false;
-        for _ in 0..100 {
-            if bus
-                .publish(&route, message.clone())
-                .await
-                .unwrap()
-                .await
-                .is_ok()
-            {
-                sent = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(sent, "hollow-{index} never declared its queue");
+        drover_bus::suite::publish_when_routable(&bus, &route, message, Duration::from_millis(100))
+            .await;
         let delivery = drover_bus::suite::expect(&mut results).await;
         let result: TaskResult = serde_json::from_slice(&delivery.message.body).unwrap();
         assert_eq!(result.task_id, task.task_id);

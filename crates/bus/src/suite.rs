@@ -80,6 +80,26 @@ pub async fn expect(consumer: &mut Consumer) -> Delivery {
     }
 }
 
+/// Publishes `message` once its route exists, trying every `pause` up to 100 times: a consumer
+/// started in the background declares its queue a little later, and until then the message is
+/// unroutable. Panics naming the route if it never becomes routable.
+pub async fn publish_when_routable(
+    bus: &dyn Bus,
+    route: &topology::Route,
+    message: Message,
+    pause: Duration,
+) {
+    for _ in 0..100 {
+        if let Ok(confirm) = bus.publish(route, message.clone()).await
+            && confirm.await.is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(pause).await;
+    }
+    panic!("{route:?} never became routable");
+}
+
 /// Panics if a delivery arrives within [`QUIET`].
 pub async fn expect_none(consumer: &mut Consumer) {
     if let Ok(result) = tokio::time::timeout(QUIET, consumer.next()).await {
