@@ -255,14 +255,7 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
                     }
                 }
                 _ = sleep_until(next_retry), if next_retry.is_some() && st.ready.is_empty() => {
-                    let now = Instant::now();
-                    while let Some(Reverse((at, t))) = st.retries.peek().copied() {
-                        if at > now {
-                            break;
-                        }
-                        st.retries.pop();
-                        st.ready.push_back(t);
-                    }
+                    st.release_due_retries();
                 }
                 changed = self.cancel.changed() => {
                     let mode = if changed.is_ok() { *self.cancel.borrow_and_update() } else { None };
@@ -296,18 +289,7 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
             return batch;
         }
         // Retries that came due while operations kept the loop busy.
-        if let Some(Reverse((at, _))) = st.retries.peek()
-            && *at <= Instant::now()
-        {
-            let now = Instant::now();
-            while let Some(Reverse((at, t))) = st.retries.peek().copied() {
-                if at > now {
-                    break;
-                }
-                st.retries.pop();
-                st.ready.push_back(t);
-            }
-        }
+        st.release_due_retries();
         while st.in_flight.len() < self.params.parallelism {
             let Some(t) = st.ready.pop_front() else {
                 break;
@@ -734,6 +716,18 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
 }
 
 impl<'g> PhaseState<'g> {
+    /// Moves the retries whose time has come to the ready queue.
+    fn release_due_retries(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, t))) = self.retries.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.retries.pop();
+            self.ready.push_back(t);
+        }
+    }
+
     fn new(
         p: u32,
         phase: &'g Phase,
