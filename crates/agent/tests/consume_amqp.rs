@@ -6,33 +6,24 @@
 use std::time::Duration;
 
 use drover_bus::topology::{OWNER_HEADER, REASON_HEADER};
-use drover_bus::{AmqpBus, AmqpOptions, Bus, ConsumeOptions, Message};
+use drover_bus::{Bus, ConsumeOptions, Message};
 use drover_model::{OperationTask, TaskNode, TaskOutcome, TaskResult};
 use serde_json::json;
+
+mod common;
+use common::{Owner, owner_on_rabbitmq};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_drover-agent");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs RabbitMQ: run with --ignored and DROVER_AMQP_URL set (scripts/test does)"]
 async fn consume_runs_tasks_from_rabbitmq_and_dead_letters_malformed_ones() {
-    let url = std::env::var("DROVER_AMQP_URL").expect(
-        "DROVER_AMQP_URL is not set: start RabbitMQ with `scripts/rabbitmq start` and set \
-         DROVER_AMQP_URL=$(scripts/rabbitmq url)",
-    );
-    let topology = drover_bus::suite::topology("agent-consume");
-    let bus = AmqpBus::connect(AmqpOptions::new(url.clone(), topology.clone()))
-        .await
-        .expect("connecting to RabbitMQ");
-    bus.declare_queue(topology.results_queue("w1"))
-        .await
-        .unwrap();
-    let mut results = bus
-        .consume(
-            &topology.results_queue_name("w1"),
-            ConsumeOptions::default(),
-        )
-        .await
-        .unwrap();
+    let Owner {
+        url,
+        topology,
+        bus,
+        mut results,
+    } = owner_on_rabbitmq("agent-consume").await;
     let mut dead = bus
         .consume(
             &topology.dead_letter_queue_name(),

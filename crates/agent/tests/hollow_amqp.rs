@@ -16,6 +16,9 @@ use drover_bus::{AmqpBus, AmqpOptions, Bus, ConsumeOptions, Message};
 use drover_model::{OperationTask, TaskOutcome, TaskResult};
 use tokio::sync::mpsc;
 
+mod common;
+use common::{Owner, amqp_url, owner_on_rabbitmq};
+
 const AGENT: &str = env!("CARGO_BIN_EXE_drover-agent");
 const AGENTS: usize = 200;
 const INTERVAL: Duration = Duration::from_millis(200);
@@ -23,13 +26,6 @@ const RUN: Duration = Duration::from_secs(10);
 
 /// One heartbeat as the monitor saw it: its shard, the beat, how old it was on arrival.
 type Seen = (u32, HeartbeatMessage, u64);
-
-fn amqp_url() -> String {
-    std::env::var("DROVER_AMQP_URL").expect(
-        "DROVER_AMQP_URL is not set: start RabbitMQ with `scripts/rabbitmq start` and set \
-         DROVER_AMQP_URL=$(scripts/rabbitmq url)",
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs RabbitMQ: run with --ignored and DROVER_AMQP_URL set (scripts/test does)"]
@@ -144,21 +140,12 @@ async fn two_hundred_hollow_agents_heartbeat_without_backlog() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs RabbitMQ: run with --ignored and DROVER_AMQP_URL set (scripts/test does)"]
 async fn the_hollow_command_answers_each_agents_tasks_and_heartbeats_for_each() {
-    let url = amqp_url();
-    let topology = drover_bus::suite::topology("agent-hollow-cmd");
-    let bus = AmqpBus::connect(AmqpOptions::new(url.clone(), topology.clone()))
-        .await
-        .expect("connecting to RabbitMQ");
-    bus.declare_queue(topology.results_queue("w1"))
-        .await
-        .unwrap();
-    let mut results = bus
-        .consume(
-            &topology.results_queue_name("w1"),
-            ConsumeOptions::default(),
-        )
-        .await
-        .unwrap();
+    let Owner {
+        url,
+        topology,
+        bus,
+        mut results,
+    } = owner_on_rabbitmq("agent-hollow-cmd").await;
     let work = tempfile::tempdir().unwrap();
     // The suite's topology lets unused queues expire; the agents must declare them alike.
     let _host = tokio::process::Command::new(AGENT)
