@@ -54,6 +54,17 @@ fn drover(dir: &Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs drover as [`drover`] does and asserts that it succeeded, showing its stderr if not.
+fn drover_ok(dir: &Path, args: &[&str]) -> std::process::Output {
+    let out = drover(dir, args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn lines(log: &Path, kind: &str) -> Vec<String> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
@@ -69,7 +80,7 @@ fn install_outputs_instances_uninstall() {
     let log = dir.path().join("ops.log");
     write_blueprint(dir.path(), &log, 0.0);
     let events = dir.path().join("events.jsonl");
-    let out = drover(
+    drover_ok(
         dir.path(),
         &[
             "local",
@@ -78,11 +89,6 @@ fn install_outputs_instances_uninstall() {
             "--events-json",
             events.to_str().unwrap(),
         ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(lines(&log, "end").len(), 27);
 
@@ -128,12 +134,7 @@ fn install_outputs_instances_uninstall() {
         "an installed deployment is not replaced"
     );
 
-    let out = drover(dir.path(), &["local", "uninstall"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    drover_ok(dir.path(), &["local", "uninstall"]);
     let out = drover(dir.path(), &["local", "instances", "--format", "json"]);
     let instances: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
@@ -209,12 +210,7 @@ fn kill_9_during_install_then_resume_finishes_without_rerunning_finished_operati
         "{before:?} ended before the kill"
     );
 
-    let out = drover(dir.path(), &["local", "resume"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    drover_ok(dir.path(), &["local", "resume"]);
     let after = ends(&log);
     let count = |op: &String| after.iter().filter(|(o, _)| o == op).count();
     let mut unique: Vec<&String> = after.iter().map(|(op, _)| op).collect();
@@ -254,7 +250,7 @@ fn the_scale_blueprint_installs_in_relationship_order() {
     assert!(status.success());
     std::fs::copy(shared.join("types.yaml"), dir.path().join("types.yaml")).unwrap();
     let events = dir.path().join("events.jsonl");
-    let out = drover(
+    drover_ok(
         dir.path(),
         &[
             "local",
@@ -264,11 +260,6 @@ fn the_scale_blueprint_installs_in_relationship_order() {
             "--events-json",
             events.to_str().unwrap(),
         ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let out = drover(dir.path(), &["local", "instances", "--format", "json"]);
     let instances: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
