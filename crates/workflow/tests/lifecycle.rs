@@ -8,16 +8,6 @@ use drover_model::ExecutionStatus;
 use drover_workflow::testing::{PlanBuilder, RecordingRunner};
 use serde_json::json;
 
-fn three_tier() -> drover_model::Plan {
-    PlanBuilder::new()
-        .node("db", 1)
-        .compute("host", 2)
-        .node("app", 2)
-        .contained_in("host")
-        .connected_to("db")
-        .build()
-}
-
 #[tokio::test]
 async fn install_runs_each_instance_lifecycle_in_cloudify_order() {
     let runner = RecordingRunner::new();

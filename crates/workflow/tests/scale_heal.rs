@@ -7,16 +7,6 @@ use drover_model::{ExecutionStatus, ScalingGroup};
 use drover_workflow::testing::{PlanBuilder, RecordingRunner};
 use serde_json::json;
 
-fn hosted() -> drover_model::Plan {
-    PlanBuilder::new()
-        .node("db", 1)
-        .compute("host", 2)
-        .node("app", 2)
-        .contained_in("host")
-        .connected_to("db")
-        .build()
-}
-
 fn count(engine: &TestEngine, node: &str) -> usize {
     instances(engine)
         .values()
@@ -27,7 +17,7 @@ fn count(engine: &TestEngine, node: &str) -> usize {
 #[tokio::test]
 async fn scale_out_with_scale_compute_adds_a_host_with_its_apps() {
     let runner = RecordingRunner::new();
-    let engine = engine(hosted(), runner.clone());
+    let engine = engine(three_tier(), runner.clone());
     install(&engine).await;
     let n = runner.record.lines().len();
     let (e, _) = run(
@@ -76,7 +66,7 @@ async fn scale_out_with_scale_compute_adds_a_host_with_its_apps() {
 
 #[tokio::test]
 async fn scaling_a_contained_node_adds_per_container() {
-    let engine = engine(hosted(), RecordingRunner::new());
+    let engine = engine(three_tier(), RecordingRunner::new());
     install(&engine).await;
     let (e, _) = run(
         &engine,
@@ -92,7 +82,7 @@ async fn scaling_a_contained_node_adds_per_container() {
 #[tokio::test]
 async fn scale_in_removes_the_newest_or_the_included_instances() {
     let runner = RecordingRunner::new();
-    let engine = engine(hosted(), runner.clone());
+    let engine = engine(three_tier(), runner.clone());
     install(&engine).await;
     let n = runner.record.lines().len();
     let (e, _) = run(
@@ -132,7 +122,7 @@ async fn scale_in_removes_the_newest_or_the_included_instances() {
 
 #[tokio::test]
 async fn failed_scale_out_is_rolled_back() {
-    let engine = common::engine(hosted(), RecordingRunner::new());
+    let engine = common::engine(three_tier(), RecordingRunner::new());
     install(&engine).await;
     // Configure fails on every app from now on: installed apps are past it, new ones hit it.
     let dispatcher_runner = RecordingRunner::new();
@@ -227,7 +217,7 @@ async fn scaling_groups_scale_their_members_together() {
 #[tokio::test]
 async fn heal_reinstalls_the_failing_host_subgraph_only() {
     let runner = RecordingRunner::new();
-    let engine = engine(hosted(), runner.clone());
+    let engine = engine(three_tier(), runner.clone());
     install(&engine).await;
     let n = runner.record.lines().len();
     let (e, _) = run(&engine, "heal", json!({"node_instance_id": "app_1"})).await;
@@ -271,7 +261,7 @@ async fn heal_reinstalls_the_failing_host_subgraph_only() {
 #[tokio::test]
 async fn scaling_a_connected_to_target_relinks_its_sources() {
     let runner = RecordingRunner::new();
-    let engine = engine(hosted(), runner.clone());
+    let engine = engine(three_tier(), runner.clone());
     install(&engine).await;
     let n = runner.record.lines().len();
     let (e, _) = run(

@@ -6,12 +6,23 @@ use std::sync::Arc;
 
 use drover_model::{Event, Execution, ExecutionStatus, Map, NodeInstance, Plan};
 use drover_store::{MemoryStore, StateStore};
-use drover_workflow::testing::RecordingRunner;
+use drover_workflow::testing::{PlanBuilder, RecordingRunner};
 use drover_workflow::{
     Canceller, Engine, InProcessDispatcher, NullObserver, Observer, RunOptions, TaskDispatcher,
 };
 
 pub type TestEngine = Engine<InProcessDispatcher<RecordingRunner>>;
+
+/// A db, two hosts, and two apps on each host connected to the db: every kind of edge.
+pub fn three_tier() -> Plan {
+    PlanBuilder::new()
+        .node("db", 1)
+        .compute("host", 2)
+        .node("app", 2)
+        .contained_in("host")
+        .connected_to("db")
+        .build()
+}
 
 pub fn engine(plan: Plan, runner: RecordingRunner) -> TestEngine {
     engine_on(Arc::new(MemoryStore::new()), plan, runner)
