@@ -62,3 +62,39 @@ java_home() {
 port_in_use() {
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
+
+# python_tools REQ…: makes sure the project's Python virtualenv ($CACHE/venv) has the given
+# requirements (pip specifiers, pinned), installing only what is missing; prints nothing else.
+# Put "$CACHE/venv/bin" first on the PATH to use them.
+python_tools() {
+  local venv=$CACHE/venv
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  if ! "$venv/bin/python" - "$@" <<'PY' 2>/dev/null; then
+import sys
+from importlib.metadata import version, PackageNotFoundError
+for req in sys.argv[1:]:
+    name, _, want = req.partition("==")
+    if version(name) != want:
+        sys.exit(1)
+PY
+    say "installing Python tools: $*"
+    "$venv/bin/pip" install -q --disable-pip-version-check "$@"
+  fi
+}
+
+# go_tool MODULE@VERSION: installs a Go command into $CACHE/bin (once) through the Go module
+# proxy; prints its path.
+go_tool() {
+  local module=$1 name
+  name=$(basename "${module%@*}")
+  # .../kustomize/v5 → kustomize: a major-version suffix is not the command's name.
+  [[ $name =~ ^v[0-9]+$ ]] && name=$(basename "$(dirname "${module%@*}")")
+  local bin=$CACHE/bin/$name stamp=$CACHE/bin/.$name.version
+  if [ ! -x "$bin" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$module" ]; then
+    say "installing $module" >&2
+    mkdir -p "$CACHE/bin"
+    GOBIN=$CACHE/bin GOFLAGS=-mod=mod go install "$module" >&2
+    echo "$module" >"$stamp"
+  fi
+  echo "$bin"
+}
