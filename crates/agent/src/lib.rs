@@ -8,6 +8,7 @@
 //! around the runner, not in it.
 
 pub mod ctx;
+pub mod external;
 mod heartbeat;
 mod hollow;
 pub mod log;
@@ -17,6 +18,7 @@ pub mod runner;
 pub mod script;
 mod service;
 
+pub use external::{ExternalConfig, ExternalPlugin, PluginCommand, PluginsDir};
 pub use heartbeat::{DEFAULT_HEARTBEAT_INTERVAL, Heartbeat, HeartbeatMessage};
 pub use hollow::{Delayed, HollowHost, hollow_agent_name};
 pub use log::{LogLevel, LogRecord, LogSink, LogStream, discard_logs};

@@ -19,6 +19,8 @@ pub enum LogStream {
     Stderr,
     /// A `ctx logger LEVEL MSG` call.
     Ctx,
+    /// A `log` line of an external plugin.
+    Plugin,
     /// The runner itself (e.g. the script was killed on timeout).
     Runner,
 }

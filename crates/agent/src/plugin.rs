@@ -1,9 +1,10 @@
 //! Plugins: what actually runs an operation, chosen by the task's `plugin` name.
 //!
 //! Built in: [`ScriptPlugin`](crate::script::ScriptPlugin) (Cloudify's script plugin) and
-//! [`DryRun`] (used for every task with `dry_run` set). External plugins (issue 4: a long-lived
-//! executable per plugin speaking JSON lines) register under their names in the same
-//! [`PluginRegistry`]; the runner needs no change for them.
+//! [`DryRun`] (used for every task with `dry_run` set). External plugins
+//! ([`ExternalPlugin`](crate::external::ExternalPlugin): a long-lived executable per plugin
+//! speaking JSON lines) register under their names in the same [`PluginRegistry`], or are
+//! found in a directory by its fallback ([`PluginsDir`](crate::external::PluginsDir)).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;

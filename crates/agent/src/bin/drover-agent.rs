@@ -14,8 +14,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use drover_agent::{
-    AgentQueue, AgentService, DEFAULT_CONCURRENCY, Heartbeat, HollowHost, LogRecord, LogSink,
-    OperationRunner, PluginRegistry, RunnerConfig,
+    AgentQueue, AgentService, DEFAULT_CONCURRENCY, ExternalConfig, ExternalPlugin, Heartbeat,
+    HollowHost, LogRecord, LogSink, OperationRunner, PluginCommand, PluginRegistry, PluginsDir,
+    RunnerConfig,
 };
 use drover_bus::{AmqpBus, AmqpOptions, Bus, Topology};
 use drover_model::{OperationTask, TaskOutcome};
@@ -37,6 +38,8 @@ enum Command {
         /// The agent's working directory.
         #[arg(long, default_value = ".")]
         work_dir: PathBuf,
+        #[command(flatten)]
+        plugins: PluginArgs,
     },
     /// Consume a tasks queue on RabbitMQ and run its tasks until the broker stays unreachable;
     /// each result goes to the results queue of the workflow replica that sent the task.
@@ -55,6 +58,8 @@ enum Command {
         /// The agent's working directory.
         #[arg(long, default_value = ".")]
         work_dir: PathBuf,
+        #[command(flatten)]
+        plugins: PluginArgs,
     },
     /// Host N hollow agents `hollow-0` … `hollow-<N-1>` for scale tests: each consumes its own
     /// queue and heartbeats, and answers every operation with success without running it.
@@ -106,6 +111,51 @@ impl BusArgs {
     }
 }
 
+/// External plugins (JSON lines over stdin/stdout; see the README's "Writing a plugin").
+#[derive(Args)]
+struct PluginArgs {
+    /// An external plugin: NAME=COMMAND, the command split on whitespace (repeatable).
+    #[arg(long = "plugin", value_name = "NAME=COMMAND", value_parser = parse_plugin)]
+    plugins: Vec<(String, PluginCommand)>,
+    /// A directory of plugin executables: plugin NAME is DIR/NAME.
+    #[arg(long)]
+    plugins_dir: Option<PathBuf>,
+    /// Seconds an external plugin's operation may take when its task sets no timeout.
+    #[arg(long, default_value_t = 3600)]
+    plugin_timeout_s: u64,
+}
+
+impl PluginArgs {
+    /// The built-in plugins and these external ones.
+    fn registry(self) -> PluginRegistry {
+        let config = ExternalConfig {
+            default_timeout: Duration::from_secs(self.plugin_timeout_s),
+            ..ExternalConfig::default()
+        };
+        let mut registry = PluginRegistry::with_builtins();
+        for (name, command) in self.plugins {
+            let plugin = ExternalPlugin::new(name.clone(), command, config);
+            registry.register(name, Arc::new(plugin));
+        }
+        if let Some(dir) = self.plugins_dir {
+            registry.set_fallback(Arc::new(PluginsDir::new(dir, config)));
+        }
+        registry
+    }
+}
+
+fn parse_plugin(arg: &str) -> Result<(String, PluginCommand), String> {
+    let (name, command) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("{arg:?} is not NAME=COMMAND"))?;
+    let command =
+        PluginCommand::parse(command).ok_or_else(|| format!("no command for {name:?}"))?;
+    if name.is_empty() {
+        return Err(format!("no name in {arg:?}"));
+    }
+    Ok((name.to_owned(), command))
+}
+
 /// `None` for 0: no heartbeats.
 fn heartbeat_interval(ms: u64) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(ms))
@@ -126,13 +176,18 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     match command {
-        Command::RunTask { file, work_dir } => runtime.block_on(run_task(file, work_dir)),
+        Command::RunTask {
+            file,
+            work_dir,
+            plugins,
+        } => runtime.block_on(run_task(file, work_dir, plugins.registry())),
         Command::Consume {
             bus,
             queue,
             concurrency,
             heartbeat_ms,
             work_dir,
+            plugins,
         } => {
             let service = async {
                 let bus = bus.connect().await?;
@@ -140,7 +195,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .map(|interval| Heartbeat::start(bus.clone(), queue.clone(), interval));
                 let service = AgentService::new(
                     bus,
-                    Arc::new(runner(work_dir, PluginRegistry::with_builtins())?),
+                    Arc::new(runner(work_dir, plugins.registry())?),
                     AgentQueue::from(queue.as_str()),
                 )
                 .with_concurrency(concurrency);
@@ -189,16 +244,18 @@ fn runner(work_dir: PathBuf, plugins: PluginRegistry) -> anyhow::Result<Operatio
         .context("cannot set up the runner")
 }
 
-async fn run_task(file: Option<PathBuf>, work_dir: PathBuf) -> anyhow::Result<ExitCode> {
+async fn run_task(
+    file: Option<PathBuf>,
+    work_dir: PathBuf,
+    plugins: PluginRegistry,
+) -> anyhow::Result<ExitCode> {
     let text = match &file {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?,
         None => std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?,
     };
     let task: OperationTask = serde_json::from_str(&text).context("invalid task JSON")?;
-    let result = runner(work_dir, PluginRegistry::with_builtins())?
-        .run(task)
-        .await;
+    let result = runner(work_dir, plugins)?.run(task).await;
     println!("{}", serde_json::to_string(&result)?);
     Ok(match result.outcome {
         TaskOutcome::Succeeded { .. } => ExitCode::SUCCESS,

@@ -8,7 +8,7 @@
 //! recoverable (Cloudify's default for operation timeouts). Processes a script leaves running
 //! in the background after exiting normally are left alone: start scripts launch daemons.
 
-mod output;
+pub(crate) mod output;
 mod spec;
 
 use std::path::Path;
