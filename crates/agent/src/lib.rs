@@ -17,6 +17,7 @@ pub mod plugin;
 pub mod runner;
 pub mod script;
 mod service;
+mod shipping;
 
 pub use external::{ExternalConfig, ExternalPlugin, PluginCommand, PluginsDir};
 pub use heartbeat::{DEFAULT_HEARTBEAT_INTERVAL, Heartbeat, HeartbeatMessage};
@@ -26,3 +27,4 @@ pub use plugin::{DryRun, OperationEnv, Plugin, PluginFuture, PluginOutput, Plugi
 pub use runner::{DEFAULT_REMEMBERED_TASKS, OperationRunner, RunnerConfig};
 pub use script::ScriptPlugin;
 pub use service::{AgentQueue, AgentService, DEFAULT_CONCURRENCY};
+pub use shipping::{Shipper, ShipperConfig, Shipping};

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use drover_model::OperationTask;
 use serde::{Deserialize, Serialize};
 
 /// Where a log line came from.
@@ -35,7 +36,30 @@ pub enum LogLevel {
     Error,
 }
 
+impl LogStream {
+    /// The name records carry as their `logger`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+            LogStream::Ctx => "ctx",
+            LogStream::Plugin => "plugin",
+            LogStream::Runner => "runner",
+        }
+    }
+}
+
 impl LogLevel {
+    /// The name records carry as their `level`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warning => "warning",
+            LogLevel::Error => "error",
+        }
+    }
+
     /// Parses a `ctx logger` level (`warn` and `critical` as Python's logging accepts them).
     pub fn parse(name: &str) -> Option<Self> {
         match name.to_ascii_lowercase().as_str() {
@@ -53,6 +77,7 @@ impl LogLevel {
 pub struct LogRecord {
     pub task_id: String,
     pub execution_id: String,
+    pub deployment_id: String,
     pub node_instance_id: String,
     pub operation: String,
     pub level: LogLevel,
@@ -60,6 +85,23 @@ pub struct LogRecord {
     pub message: String,
     /// When the line was read (shipping may be later).
     pub timestamp: SystemTime,
+}
+
+impl LogRecord {
+    /// A line of `task`'s operation, read now.
+    pub fn of(task: &OperationTask, stream: LogStream, level: LogLevel, message: String) -> Self {
+        LogRecord {
+            task_id: task.task_id.clone(),
+            execution_id: task.execution_id.clone(),
+            deployment_id: task.deployment_id.clone(),
+            node_instance_id: task.node.node_instance_id.clone(),
+            operation: task.operation.clone(),
+            level,
+            stream,
+            message,
+            timestamp: SystemTime::now(),
+        }
+    }
 }
 
 /// Receives log records; called from the runner's tasks, so it must not block for long

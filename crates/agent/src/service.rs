@@ -12,10 +12,11 @@ use std::sync::Arc;
 
 use drover_bus::topology::OWNER_HEADER;
 use drover_bus::{Bus, BusError, ConsumeOptions, Delivery, Message};
-use drover_model::OperationTask;
+use drover_model::{OperationTask, TaskOutcome};
 use tokio::task::JoinSet;
 
 use crate::runner::OperationRunner;
+use crate::shipping::Shipper;
 
 /// Tasks an agent runs at once unless told otherwise.
 pub const DEFAULT_CONCURRENCY: u16 = 16;
@@ -45,6 +46,7 @@ pub struct AgentService {
     runner: Arc<OperationRunner>,
     queue: AgentQueue,
     concurrency: u16,
+    events: Option<Shipper>,
 }
 
 impl AgentService {
@@ -54,7 +56,15 @@ impl AgentService {
             runner,
             queue,
             concurrency: DEFAULT_CONCURRENCY,
+            events: None,
         }
+    }
+
+    /// Ships `task_started`, `task_succeeded` and `task_failed` events of every task.
+    #[must_use]
+    pub fn with_events(mut self, shipper: Shipper) -> Self {
+        self.events = Some(shipper);
+        self
     }
 
     /// How many tasks run at once; also the consumer's prefetch, so the broker keeps the rest
@@ -83,7 +93,12 @@ impl AgentService {
         let mut running = JoinSet::new();
         loop {
             let delivery = consumer.next().await?;
-            running.spawn(handle(self.bus.clone(), self.runner.clone(), delivery));
+            let context = Context {
+                bus: self.bus.clone(),
+                runner: self.runner.clone(),
+                events: self.events.clone(),
+            };
+            running.spawn(handle(context, delivery));
             while running.try_join_next().is_some() {}
         }
     }
@@ -91,9 +106,9 @@ impl AgentService {
 
 /// Runs one task and answers it; a task that cannot be run or answered is dead-lettered with
 /// the reason.
-async fn handle(bus: Arc<dyn Bus>, runner: Arc<OperationRunner>, delivery: Delivery) {
+async fn handle(context: Context, delivery: Delivery) {
     let id = delivery.message.id.clone();
-    let settled = match answer(bus.as_ref(), &runner, &delivery).await {
+    let settled = match answer(&context, &delivery).await {
         Ok(()) => delivery.ack().await,
         Err(Unanswered::Malformed(reason)) => {
             tracing::warn!(?id, %reason, "dead-lettering a task");
@@ -107,17 +122,21 @@ async fn handle(bus: Arc<dyn Bus>, runner: Arc<OperationRunner>, delivery: Deliv
     }
 }
 
+/// What answering a task takes.
+struct Context {
+    bus: Arc<dyn Bus>,
+    runner: Arc<OperationRunner>,
+    events: Option<Shipper>,
+}
+
 /// Why a task got no answer.
 enum Unanswered {
     Malformed(String),
     Retry(BusError),
 }
 
-async fn answer(
-    bus: &dyn Bus,
-    runner: &OperationRunner,
-    delivery: &Delivery,
-) -> Result<(), Unanswered> {
+async fn answer(context: &Context, delivery: &Delivery) -> Result<(), Unanswered> {
+    let bus = context.bus.as_ref();
     let task: OperationTask = serde_json::from_slice(&delivery.message.body)
         .map_err(|e| Unanswered::Malformed(format!("malformed task: {e}")))?;
     let owner = delivery.message.headers.get(OWNER_HEADER).ok_or_else(|| {
@@ -125,7 +144,23 @@ async fn answer(
             "no {OWNER_HEADER} header: nowhere to send the result"
         ))
     })?;
-    let result = runner.run(task).await;
+    let event = |event_type: &str, text: String| {
+        if let Some(events) = &context.events {
+            events.task_event(&task, event_type, text);
+        }
+    };
+    event("task_started", format!("Task started '{}'", task.operation));
+    let result = context.runner.run(task.clone()).await;
+    match &result.outcome {
+        TaskOutcome::Succeeded { .. } => event(
+            "task_succeeded",
+            format!("Task succeeded '{}'", task.operation),
+        ),
+        TaskOutcome::Failed { error, .. } => event(
+            "task_failed",
+            format!("Task failed '{}' -> {error}", task.operation),
+        ),
+    }
     let body = serde_json::to_vec(&result)
         .map_err(|e| Unanswered::Malformed(format!("cannot encode the result: {e}")))?;
     let message = Message::new(body).with_id(result.task_id);

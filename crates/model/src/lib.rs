@@ -4,10 +4,12 @@
 //! input of the workflow engine, and the JSON form of [`Plan`] follows the field names of
 //! Cloudify's deployment plan so that Cloudify's tools can read it.
 
+pub mod bus;
 pub mod plan;
 pub mod runtime;
 pub mod task;
 
+pub use bus::{EventRecord, Heartbeat};
 pub use plan::{
     InstanceRelationship, Instances, Operation, Plan, PlanNode, PlanNodeInstance, PlanRelationship,
     ScalableProperties, ScalingGroup, ScalingGroupRef, WorkflowSpec,

@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use drover_agent::{
     AgentQueue, AgentService, DEFAULT_CONCURRENCY, ExternalConfig, ExternalPlugin, Heartbeat,
     HollowHost, LogRecord, LogSink, OperationRunner, PluginCommand, PluginRegistry, PluginsDir,
-    RunnerConfig,
+    RunnerConfig, Shipper, ShipperConfig,
 };
 use drover_bus::{AmqpBus, AmqpOptions, Bus, Topology};
 use drover_model::{OperationTask, TaskOutcome};
@@ -42,7 +42,8 @@ enum Command {
         plugins: PluginArgs,
     },
     /// Consume a tasks queue on RabbitMQ and run its tasks until the broker stays unreachable;
-    /// each result goes to the results queue of the workflow replica that sent the task.
+    /// each result goes to the results queue of the workflow replica that sent the task, and
+    /// the operations' logs and task events to the ingest queue.
     Consume {
         #[command(flatten)]
         bus: BusArgs,
@@ -193,12 +194,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 let bus = bus.connect().await?;
                 let _heartbeat = heartbeat_interval(heartbeat_ms)
                     .map(|interval| Heartbeat::start(bus.clone(), queue.clone(), interval));
-                let service = AgentService::new(
-                    bus,
-                    Arc::new(runner(work_dir, plugins.registry())?),
-                    AgentQueue::from(queue.as_str()),
-                )
-                .with_concurrency(concurrency);
+                let (shipper, _shipping) =
+                    Shipper::start(bus.clone(), &queue, ShipperConfig::default());
+                let runner = runner(work_dir, plugins.registry(), shipper.log_sink())?;
+                let service =
+                    AgentService::new(bus, Arc::new(runner), AgentQueue::from(queue.as_str()))
+                        .with_concurrency(concurrency)
+                        .with_events(shipper);
                 service.run().await.context("the tasks queue failed")
             };
             runtime.block_on(service)?;
@@ -215,7 +217,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let host = async {
                 let bus: Arc<dyn Bus> = bus.connect().await?;
                 let plugins = PluginRegistry::hollow(Duration::from_millis(delay_ms));
-                let runner = Arc::new(runner(work_dir, plugins)?);
+                let runner = Arc::new(runner(work_dir, plugins, stderr_logs())?);
                 let host = HollowHost::start(
                     bus.clone(),
                     agents,
@@ -233,13 +235,21 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn runner(work_dir: PathBuf, plugins: PluginRegistry) -> anyhow::Result<OperationRunner> {
-    let logs: LogSink = Arc::new(|record: LogRecord| {
+/// Prints every log line on stderr.
+fn stderr_logs() -> LogSink {
+    Arc::new(|record: LogRecord| {
         eprintln!(
             "{:?} {:?} [{}] {}",
             record.level, record.stream, record.node_instance_id, record.message
         )
-    });
+    })
+}
+
+fn runner(
+    work_dir: PathBuf,
+    plugins: PluginRegistry,
+    logs: LogSink,
+) -> anyhow::Result<OperationRunner> {
     OperationRunner::new(RunnerConfig::new(work_dir), plugins, logs)
         .context("cannot set up the runner")
 }
@@ -255,7 +265,7 @@ async fn run_task(
         None => std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?,
     };
     let task: OperationTask = serde_json::from_str(&text).context("invalid task JSON")?;
-    let result = runner(work_dir, plugins)?.run(task).await;
+    let result = runner(work_dir, plugins, stderr_logs())?.run(task).await;
     println!("{}", serde_json::to_string(&result)?);
     Ok(match result.outcome {
         TaskOutcome::Succeeded { .. } => ExitCode::SUCCESS,

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use drover_model::{Map, OperationTask, TaskNode};
 use serde_json::{Value, json};
@@ -220,16 +219,7 @@ impl CtxState {
             .map(display)
             .collect::<Vec<_>>()
             .join(" ");
-        (self.logs)(LogRecord {
-            task_id: self.task.task_id.clone(),
-            execution_id: self.task.execution_id.clone(),
-            node_instance_id: self.first.node.node_instance_id.clone(),
-            operation: self.task.operation.clone(),
-            level,
-            stream: LogStream::Ctx,
-            message,
-            timestamp: SystemTime::now(),
-        });
+        (self.logs)(LogRecord::of(&self.task, LogStream::Ctx, level, message));
         Ok(Reply::Value(Value::Null))
     }
 

@@ -12,7 +12,7 @@ mod protocol;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use drover_model::{Map, OperationTask, TaskOutcome};
 use serde_json::Value;
@@ -105,16 +105,7 @@ impl ExternalPlugin {
                 match in_flight.replies.recv().await {
                     Some(Incoming::Reply(Reply::Result { outcome, .. })) => return Ok(outcome),
                     Some(Incoming::Reply(Reply::Log { level, message, .. })) => {
-                        (env.logs)(LogRecord {
-                            task_id: task.task_id.clone(),
-                            execution_id: task.execution_id.clone(),
-                            node_instance_id: task.node.node_instance_id.clone(),
-                            operation: task.operation.clone(),
-                            level,
-                            stream: LogStream::Plugin,
-                            message,
-                            timestamp: SystemTime::now(),
-                        })
+                        (env.logs)(LogRecord::of(task, LogStream::Plugin, level, message))
                     }
                     Some(Incoming::Reply(Reply::RuntimeProperties {
                         node_instance_id,

@@ -13,7 +13,7 @@ mod spec;
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use drover_model::{OperationTask, TaskOutcome};
 use serde_json::Value;
@@ -132,28 +132,10 @@ async fn execute(
     // script exits; left alone once the script exited by itself.
     let mut group = GroupGuard(child.id().map(ProcessGroup));
 
-    let template = LogRecord {
-        task_id: task.task_id.clone(),
-        execution_id: task.execution_id.clone(),
-        node_instance_id: task.node.node_instance_id.clone(),
-        operation: task.operation.clone(),
-        level: LogLevel::Info,
-        stream: LogStream::Runner,
-        message: String::new(),
-        timestamp: SystemTime::now(),
-    };
     let log = |stream: LogStream, level: LogLevel| {
         let sink = env.logs.clone();
-        let template = template.clone();
-        move |message: String| {
-            sink(LogRecord {
-                level,
-                stream,
-                message,
-                timestamp: SystemTime::now(),
-                ..template.clone()
-            })
-        }
+        let task = task.clone();
+        move |message: String| sink(LogRecord::of(&task, stream, level, message))
     };
     let stderr_tail = Tail::new(STDERR_TAIL_LINES);
     let mut readers = tokio::task::JoinSet::new();
