@@ -84,6 +84,7 @@ pub struct Cloud {
     config: SimConfig,
     /// Servers by creation order (for stable listing and markers); ids map to their sequence.
     servers: BTreeMap<u64, SimServer>,
+    /// Every id ever made, deleted ones too: as in Nova, a deleted server is a valid marker.
     by_id: HashMap<String, u64>,
     next: u64,
     rng: StdRng,
@@ -230,12 +231,9 @@ impl Cloud {
 
     /// Deletes a server; false when there is none with that id.
     pub fn delete(&mut self, id: &str) -> bool {
-        let Some(seq) = self.by_id.remove(id) else {
-            return false;
-        };
-        self.servers.remove(&seq);
-        self.stats.deleted += 1;
-        true
+        let removed = self.by_id.get(id).and_then(|seq| self.servers.remove(seq));
+        self.stats.deleted += u64::from(removed.is_some());
+        removed.is_some()
     }
 
     /// One server in Nova's detail shape, seen at `now`.
@@ -406,6 +404,11 @@ mod tests {
         assert_ne!(rest[0]["id"], page[0]["id"]);
         assert!(cloud.delete(&marker));
         assert!(!cloud.delete(&marker));
+        // A deleted server still marks its place.
+        assert_eq!(
+            cloud.list(&filter, Some(&marker), 10, now).unwrap().0.len(),
+            1
+        );
         assert_eq!(cloud.stats().alive, 2);
     }
 

@@ -5,11 +5,15 @@
 //! finds orphaned servers. The gRPC service (`drover-provisioner`) will wrap a `Provisioner`.
 
 pub mod driver;
+pub mod journal;
+pub mod nova;
 pub mod provisioner;
 pub mod sim;
 
 pub use driver::{
     CloudDriver, CloudError, DriverFuture, Server, ServerSpec, TAG_DEPLOYMENT, TAG_NODE_INSTANCE,
 };
+pub use journal::{Journal, JournalError};
+pub use nova::{NovaAccount, NovaDriver, NovaPolicy, RequestPolicy};
 pub use provisioner::{ProvisionError, Provisioner, ProvisionerConfig, Reconciled};
 pub use sim::{SimCloud, SimConfig, SimStats};

@@ -1,0 +1,132 @@
+//! The nova driver against a real `drover-cloudsim` process with its faults switched on.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use common::{Cloudsim, policy, provisioner, specs};
+use drover_provisioning::{CloudError, Journal};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs drover-cloudsim built (scripts/test runs it)"]
+async fn a_thousand_servers_through_every_fault_without_duplicates_or_leaks() {
+    let cloud = Cloudsim::start(&[
+        "--latency-ms",
+        "2",
+        "--rate-limit-rps",
+        "150",
+        "--error-rate",
+        "0.05",
+        "--lost-response-rate",
+        "0.05",
+        "--build-ms",
+        "200",
+        "--build-error-rate",
+        "0.03",
+        "--stuck-rate",
+        "0.02",
+        "--list-delay-ms",
+        "300",
+        "--seed",
+        "5",
+    ]);
+    // Paced above the cloud's limit, so it answers some 429s too.
+    let provisioner = provisioner(
+        cloud.account(),
+        policy(200, 400),
+        Arc::new(Journal::in_memory()),
+    );
+    let results = provisioner.provision(specs("dep", 1000)).await;
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed, first: {}",
+        failed.len(),
+        failed[0]
+    );
+    let ids: HashSet<_> = results.iter().flatten().map(|s| s.id.clone()).collect();
+    assert_eq!(ids.len(), 1000);
+    let stats = cloud.stats().await;
+    assert_eq!(stats["alive"], 1000, "{stats}");
+    assert_eq!(stats["duplicates"], 0, "{stats}");
+    for fault in [
+        "rate_limited",
+        "injected_errors",
+        "lost_responses",
+        "errored",
+        "stuck",
+    ] {
+        assert!(stats[fault].as_u64() > Some(0), "no {fault}: {stats}");
+    }
+    // Every server the provisioner reported is one the cloud lists.
+    let listed: HashSet<_> = provisioner
+        .orphans(Some("dep"), &HashSet::new())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(listed, ids);
+
+    let keys = specs("dep", 1000).into_iter().map(|s| s.key).collect();
+    let results = provisioner.deprovision(keys).await;
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed, first: {}",
+        failed.len(),
+        failed[0]
+    );
+    let stats = cloud.stats().await;
+    assert_eq!(stats["alive"], 0, "leaked: {stats}");
+    assert_eq!(stats["duplicates"], 0, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs drover-cloudsim built (scripts/test runs it)"]
+async fn quota_exhaustion_fails_the_instances_beyond_it_and_leaks_nothing() {
+    let cloud = Cloudsim::start(&[
+        "--quota-instances",
+        "50",
+        "--error-rate",
+        "0.05",
+        "--lost-response-rate",
+        "0.05",
+        "--build-ms",
+        "100",
+        "--list-delay-ms",
+        "200",
+        "--seed",
+        "9",
+    ]);
+    let provisioner = provisioner(
+        cloud.account(),
+        policy(500, 300),
+        Arc::new(Journal::in_memory()),
+    );
+    let results = provisioner.provision(specs("dep", 80)).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 50);
+    for error in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(
+            matches!(&error.error, CloudError::Permanent(m) if m.contains("Quota exceeded for instances")),
+            "{error}"
+        );
+    }
+    let stats = cloud.stats().await;
+    assert_eq!(stats["alive"], 50, "{stats}");
+    assert_eq!(stats["duplicates"], 0, "{stats}");
+    assert!(stats["quota_refused"].as_u64() >= Some(30), "{stats}");
+
+    let keys = specs("dep", 80).into_iter().map(|s| s.key).collect();
+    let results = provisioner.deprovision(keys).await;
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed, first: {}",
+        failed.len(),
+        failed[0]
+    );
+    assert_eq!(cloud.stats().await["alive"], 0);
+}
