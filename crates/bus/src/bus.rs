@@ -16,6 +16,10 @@ pub struct ConsumeOptions {
     /// A smaller maximum body size for this consumer than the topology's; a larger delivery is
     /// dead-lettered, never handed over.
     pub max_message_size: Option<usize>,
+    /// The only consumer of the queue: `consume` fails with [`crate::BusError::Refused`] while
+    /// another consumer holds it, and no other consumer is let in until this one is dropped
+    /// (monitor replicas claim heartbeat shards this way).
+    pub exclusive: bool,
 }
 
 impl Default for ConsumeOptions {
@@ -23,6 +27,7 @@ impl Default for ConsumeOptions {
         Self {
             prefetch: 32,
             max_message_size: None,
+            exclusive: false,
         }
     }
 }
@@ -37,6 +42,12 @@ impl ConsumeOptions {
     #[must_use]
     pub fn with_max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = Some(bytes);
+        self
+    }
+
+    #[must_use]
+    pub fn exclusive(mut self) -> Self {
+        self.exclusive = true;
         self
     }
 }

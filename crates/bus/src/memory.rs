@@ -92,6 +92,15 @@ impl Bus for MemoryBus {
             Some(q) => q.arrived.clone(),
             None => return Err(BusError::NoSuchQueue(queue.into())),
         };
+        let held = broker
+            .consumers
+            .values()
+            .any(|c| c.queue == queue && (c.exclusive || options.exclusive));
+        if held {
+            return Err(BusError::Refused(format!(
+                "queue {queue:?} has an exclusive consumer, or consumers when one was asked for"
+            )));
+        }
         broker.next_consumer += 1;
         let id = broker.next_consumer;
         let freed = Arc::new(Notify::new());
@@ -100,6 +109,7 @@ impl Bus for MemoryBus {
             ConsumerState {
                 queue: queue.into(),
                 prefetch: usize::from(options.prefetch.max(1)),
+                exclusive: options.exclusive,
                 unacked: BTreeMap::new(),
                 next_tag: 0,
                 freed: freed.clone(),
@@ -153,6 +163,7 @@ struct Stored {
 struct ConsumerState {
     queue: String,
     prefetch: usize,
+    exclusive: bool,
     unacked: BTreeMap<u64, Stored>,
     next_tag: u64,
     freed: Arc<Notify>,

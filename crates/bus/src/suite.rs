@@ -38,6 +38,7 @@ macro_rules! bus_suite {
             heartbeats_stick_to_one_shard,
             pipelined_batch_is_consumed_whole,
             consume_unknown_queue_fails,
+            exclusive_consumer_keeps_others_out,
         );
     };
     (@cases ($make:expr) [$($attr:tt)*] $case:ident $(, $rest:ident)* $(,)?) => {
@@ -480,4 +481,41 @@ pub async fn consume_unknown_queue_fails(bus: &dyn Bus) {
     assert!(matches!(error, BusError::NoSuchQueue(_)), "{error}");
     // The bus still works afterwards.
     publish(bus, &t.task_to_central(), Message::new("fine")).await;
+}
+
+pub async fn exclusive_consumer_keeps_others_out(bus: &dyn Bus) {
+    let t = bus.topology().clone();
+    let shard = t.monitor_queue_name(0);
+    let exclusive = ConsumeOptions::default().exclusive();
+    let holder = bus.consume(&shard, exclusive).await.expect("first claim");
+    for options in [exclusive, ConsumeOptions::default()] {
+        let refused = bus.consume(&shard, options).await;
+        assert!(
+            matches!(refused, Err(BusError::Refused(_))),
+            "{options:?}: {refused:?}"
+        );
+    }
+    // Another queue is not affected.
+    bus.consume(&t.monitor_queue_name(1), exclusive)
+        .await
+        .expect("another shard");
+    drop(holder);
+    // The broker lets the next one in once the holder's channel is closed.
+    let deadline = tokio::time::Instant::now() + EXPECT;
+    loop {
+        match bus.consume(&shard, exclusive).await {
+            Ok(_) => break,
+            Err(BusError::Refused(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("claim after the holder left: {error}"),
+        }
+    }
+    // An exclusive claim is refused while an ordinary consumer is there.
+    let _plain = bus
+        .consume(&t.monitor_queue_name(2), ConsumeOptions::default())
+        .await
+        .expect("plain consumer");
+    let refused = bus.consume(&t.monitor_queue_name(2), exclusive).await;
+    assert!(matches!(refused, Err(BusError::Refused(_))), "{refused:?}");
 }

@@ -26,6 +26,7 @@ pub(crate) struct AmqpSource {
     sessions: Arc<Sessions>,
     queue: String,
     prefetch: u16,
+    exclusive: bool,
     subscription: Option<Subscription>,
 }
 
@@ -37,11 +38,17 @@ struct Subscription {
 
 impl AmqpSource {
     /// Subscribes now, so that an undeclared queue fails `consume` itself.
-    pub async fn start(sessions: Arc<Sessions>, queue: &str, prefetch: u16) -> Result<Self> {
+    pub async fn start(
+        sessions: Arc<Sessions>,
+        queue: &str,
+        prefetch: u16,
+        exclusive: bool,
+    ) -> Result<Self> {
         let mut source = Self {
             sessions,
             queue: queue.into(),
             prefetch: prefetch.max(1),
+            exclusive,
             subscription: None,
         };
         source.subscribe().await?;
@@ -52,7 +59,7 @@ impl AmqpSource {
         let mut attempt = 0;
         loop {
             let session = self.sessions.current().await?;
-            match subscribe(&session, &self.queue, self.prefetch).await {
+            match subscribe(&session, &self.queue, self.prefetch, self.exclusive).await {
                 Ok(subscription) => {
                     self.subscription = Some(subscription);
                     return Ok(());
@@ -71,7 +78,14 @@ impl AmqpSource {
     }
 }
 
-async fn subscribe(session: &Session, queue: &str, prefetch: u16) -> Result<Subscription> {
+/// An exclusive subscription that another consumer holds fails with the broker's
+/// ACCESS_REFUSED, a soft error: [`BusError::Refused`], not retried.
+async fn subscribe(
+    session: &Session,
+    queue: &str,
+    prefetch: u16,
+    exclusive: bool,
+) -> Result<Subscription> {
     static TAGS: AtomicU64 = AtomicU64::new(0);
     let context = format!("consuming {queue}");
     let channel = bounded(&context, session.connection.create_channel()).await?;
@@ -88,7 +102,10 @@ async fn subscribe(session: &Session, queue: &str, prefetch: u16) -> Result<Subs
     let consuming = channel.basic_consume(
         queue.into(),
         tag.into(),
-        BasicConsumeOptions::default(),
+        BasicConsumeOptions {
+            exclusive,
+            ..BasicConsumeOptions::default()
+        },
         FieldTable::default(),
     );
     let consumer = match tokio::time::timeout(OPERATION_TIMEOUT, consuming).await {

@@ -125,8 +125,13 @@ impl Bus for AmqpBus {
     }
 
     async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Consumer> {
-        let source =
-            consume::AmqpSource::start(self.sessions.clone(), queue, options.prefetch).await?;
+        let source = consume::AmqpSource::start(
+            self.sessions.clone(),
+            queue,
+            options.prefetch,
+            options.exclusive,
+        )
+        .await?;
         let max = options
             .max_message_size
             .unwrap_or(self.topology().max_message_size());
