@@ -2,6 +2,7 @@
 //!
 //! Layout (all JSON):
 //! ```text
+//! DIR/blueprints/ID.json                replaced atomically
 //! DIR/deployments/ID/deployment.json    replaced atomically (write, fsync, rename, fsync dir)
 //! DIR/deployments/ID/instances.jsonl    append-only upserts and deletions, compacted on read
 //! DIR/executions/ID/execution.json      replaced atomically
@@ -21,7 +22,7 @@ use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::{JournalEntry, Result, StateStore, StoreError};
+use crate::{Blueprint, JournalEntry, Result, StateStore, StoreError, next_version};
 
 /// Compact an instances log once it holds this many times more lines than live instances.
 const COMPACT_RATIO: usize = 4;
@@ -45,7 +46,7 @@ impl FileStore {
     /// Opens (creating if needed) a store under `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        for sub in ["deployments", "executions"] {
+        for sub in ["blueprints", "deployments", "executions"] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
         }
@@ -65,6 +66,13 @@ impl FileStore {
 
     fn deployment_dir(&self, id: &str) -> Result<PathBuf> {
         Ok(self.root.join("deployments").join(checked_id(id)?))
+    }
+
+    fn blueprint_path(&self, id: &str) -> Result<PathBuf> {
+        Ok(self
+            .root
+            .join("blueprints")
+            .join(format!("{}.json", checked_id(id)?)))
     }
 
     fn execution_dir(&self, id: &str) -> Result<PathBuf> {
@@ -90,6 +98,38 @@ impl FileStore {
 }
 
 impl StateStore for FileStore {
+    fn put_blueprint(&self, blueprint: &Blueprint) -> Result<()> {
+        let path = self.blueprint_path(&blueprint.id)?;
+        let _guard = self.lock();
+        write_atomic(&path, &serde_json::to_vec(blueprint)?)
+    }
+
+    fn blueprint(&self, id: &str) -> Result<Option<Blueprint>> {
+        read_json(&self.blueprint_path(id)?)
+    }
+
+    fn blueprints(&self) -> Result<Vec<String>> {
+        let mut found: Vec<Blueprint> = Vec::new();
+        for name in list_dir(&self.root.join("blueprints"))? {
+            if let Some(id) = name.strip_suffix(".json")
+                && let Some(b) = self.blueprint(id)?
+            {
+                found.push(b);
+            }
+        }
+        found.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+        Ok(found.into_iter().map(|b| b.id).collect())
+    }
+
+    fn delete_blueprint(&self, id: &str) -> Result<()> {
+        let path = self.blueprint_path(id)?;
+        let _guard = self.lock();
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&path, e)),
+            _ => Ok(()),
+        }
+    }
+
     fn put_deployment(&self, deployment: &Deployment) -> Result<()> {
         let dir = self.deployment_dir(&deployment.id)?;
         let _guard = self.lock();
@@ -168,6 +208,29 @@ impl StateStore for FileStore {
         Ok(map.into_values().collect())
     }
 
+    fn node_instance(&self, deployment_id: &str, id: &str) -> Result<Option<NodeInstance>> {
+        let path = self.deployment_dir(deployment_id)?.join("instances.jsonl");
+        let _guard = self.lock();
+        Ok(self.read_instances(&path)?.0.shift_remove(id))
+    }
+
+    fn update_node_instance(
+        &self,
+        deployment_id: &str,
+        instance: &NodeInstance,
+    ) -> Result<NodeInstance> {
+        let dir = self.deployment_dir(deployment_id)?;
+        let path = dir.join("instances.jsonl");
+        // Under the write lock from the read to the append: no other writer slips in between.
+        let _guard = self.lock();
+        let (map, _) = self.read_instances(&path)?;
+        let new = next_version(map.get(&instance.id), instance)?;
+        let mut buf = serde_json::to_vec(&new)?;
+        buf.push(b'\n');
+        append(&path, &buf)?;
+        Ok(new)
+    }
+
     fn put_execution(&self, execution: &Execution) -> Result<()> {
         let dir = self.execution_dir(&execution.id)?;
         let _guard = self.lock();
@@ -239,7 +302,7 @@ fn checked_id(id: &str) -> Result<&str> {
     Ok(id)
 }
 
-fn io_err(path: &Path, source: std::io::Error) -> StoreError {
+pub(crate) fn io_err(path: &Path, source: std::io::Error) -> StoreError {
     StoreError::Io {
         path: path.display().to_string(),
         source,
@@ -285,7 +348,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Appends one batch without waiting for the disk: events are a record of what happened, not
 /// state a resume needs, and a killed process loses nothing the kernel already has.
-fn append_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn append_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
     OpenOptions::new()
         .create(true)
         .append(true)
@@ -320,7 +383,7 @@ fn sync_dir(path: &Path) -> Result<()> {
 }
 
 /// Reads a JSON-lines file (missing: empty), dropping a torn last line.
-fn for_each_line<T: DeserializeOwned>(path: &Path, mut f: impl FnMut(T)) -> Result<()> {
+pub(crate) fn for_each_line<T: DeserializeOwned>(path: &Path, mut f: impl FnMut(T)) -> Result<()> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

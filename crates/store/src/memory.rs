@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 use drover_model::{Deployment, Event, Execution, NodeInstance};
 use indexmap::IndexMap;
 
-use crate::{JournalEntry, Result, StateStore};
+use crate::{Blueprint, JournalEntry, Result, StateStore, next_version};
 
 /// Everything in memory; nothing survives the process.
 #[derive(Default)]
@@ -16,6 +16,7 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct Inner {
+    blueprints: IndexMap<String, Blueprint>,
     deployments: IndexMap<String, Deployment>,
     instances: HashMap<String, IndexMap<String, NodeInstance>>,
     executions: IndexMap<String, Execution>,
@@ -35,6 +36,29 @@ impl MemoryStore {
 }
 
 impl StateStore for MemoryStore {
+    fn put_blueprint(&self, blueprint: &Blueprint) -> Result<()> {
+        self.lock()
+            .blueprints
+            .insert(blueprint.id.clone(), blueprint.clone());
+        Ok(())
+    }
+
+    fn blueprint(&self, id: &str) -> Result<Option<Blueprint>> {
+        Ok(self.lock().blueprints.get(id).cloned())
+    }
+
+    fn blueprints(&self) -> Result<Vec<String>> {
+        let inner = self.lock();
+        let mut all: Vec<&Blueprint> = inner.blueprints.values().collect();
+        all.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+        Ok(all.into_iter().map(|b| b.id.clone()).collect())
+    }
+
+    fn delete_blueprint(&self, id: &str) -> Result<()> {
+        self.lock().blueprints.shift_remove(id);
+        Ok(())
+    }
+
     fn put_deployment(&self, deployment: &Deployment) -> Result<()> {
         self.lock()
             .deployments
@@ -85,6 +109,27 @@ impl StateStore for MemoryStore {
             .get(deployment_id)
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default())
+    }
+
+    fn node_instance(&self, deployment_id: &str, id: &str) -> Result<Option<NodeInstance>> {
+        Ok(self
+            .lock()
+            .instances
+            .get(deployment_id)
+            .and_then(|m| m.get(id))
+            .cloned())
+    }
+
+    fn update_node_instance(
+        &self,
+        deployment_id: &str,
+        instance: &NodeInstance,
+    ) -> Result<NodeInstance> {
+        let mut inner = self.lock();
+        let map = inner.instances.entry(deployment_id.to_owned()).or_default();
+        let new = next_version(map.get(&instance.id), instance)?;
+        map.insert(new.id.clone(), new.clone());
+        Ok(new)
     }
 
     fn put_execution(&self, execution: &Execution) -> Result<()> {
