@@ -98,6 +98,11 @@ impl Provisioner {
         .await
     }
 
+    /// The servers drover tagged, of one deployment or of all.
+    pub async fn servers(&self, deployment_id: Option<&str>) -> Result<Vec<Server>, CloudError> {
+        self.call(|| self.driver.list_servers(deployment_id)).await
+    }
+
     /// Servers tagged by drover (of one deployment, or all) whose key is not in `live_keys`:
     /// servers no node instance owns.
     pub async fn orphans(
@@ -105,10 +110,9 @@ impl Provisioner {
         deployment_id: Option<&str>,
         live_keys: &HashSet<String>,
     ) -> Result<Vec<Server>, CloudError> {
-        let servers = self
-            .call(|| self.driver.list_servers(deployment_id))
-            .await?;
-        Ok(servers
+        Ok(self
+            .servers(deployment_id)
+            .await?
             .into_iter()
             .filter(|s| !live_keys.contains(&s.key))
             .collect())

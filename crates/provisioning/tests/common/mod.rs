@@ -150,3 +150,50 @@ pub fn specs(deployment: &str, n: usize) -> Vec<ServerSpec> {
         })
         .collect()
 }
+
+/// A `drover-provisioner --cloud nova` child process pointed at a cloudsim.
+pub struct ProvisionerProcess {
+    child: Child,
+    /// The gRPC endpoint (`http://127.0.0.1:PORT`).
+    pub endpoint: String,
+}
+
+impl ProvisionerProcess {
+    pub fn start(cloud: &Cloudsim, state_dir: &std::path::Path, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_drover-provisioner"))
+            .args(["--cloud", "nova", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(state_dir)
+            .args(args)
+            .env("OS_AUTH_URL", &cloud.auth_url)
+            .env("OS_USERNAME", "admin")
+            .env("OS_PASSWORD", "secret")
+            .env("OS_PROJECT_NAME", "drover")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting drover-provisioner");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("reading the provisioner's first line");
+        let endpoint = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from drover-provisioner: {line:?}"))
+            .to_owned();
+        ProvisionerProcess { child, endpoint }
+    }
+
+    /// SIGKILL: no chance to clean up or flush anything.
+    pub fn kill_9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reaping");
+    }
+}
+
+impl Drop for ProvisionerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
