@@ -7,6 +7,8 @@
 //!   shard-wide hiccups that turn suspicions into confirmed failures.
 //! - [`heal`]: the [`heal::Healer`] seam to the workflow service and the queue that starts one
 //!   heal per failed instance, never during an install, uninstall or scale.
+//! - [`policy`]: threshold auto-scaling with a cooldown (a pure rule; heartbeats carry no
+//!   metric yet, so nothing feeds it).
 //! - [`service`]: a replica — shard claiming, consumers, checks, events, heals.
 //! - [`grpc`], [`metrics`]: `GetHealth`/`ListAgents`, and Prometheus text on `/metrics`.
 
@@ -16,6 +18,7 @@ pub mod grpc;
 pub mod heal;
 pub mod metrics;
 pub mod phi;
+pub mod policy;
 pub mod service;
 pub mod tracker;
 
