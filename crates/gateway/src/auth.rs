@@ -75,10 +75,8 @@ pub fn authenticate(
             ));
         }
     };
-    if let Some(token) = header("Authentication-Token")? {
-        let username = token_user(token, registry, now)?;
-        return Ok(Caller { username, tenant });
-    }
+    // Basic first: the client sends both headers when given both, and a password is the
+    // stronger statement of who calls.
     if let Some(basic) = header("Authorization")? {
         let encoded = basic.strip_prefix("Basic ").ok_or_else(|| {
             ApiError::unauthorized("User unauthorized: only Basic authorization is supported")
@@ -102,6 +100,10 @@ pub fn authenticate(
         return Err(ApiError::unauthorized(
             "User unauthorized: wrong username or password",
         ));
+    }
+    if let Some(token) = header("Authentication-Token")? {
+        let username = token_user(token, registry, now)?;
+        return Ok(Caller { username, tenant });
     }
     Err(ApiError::unauthorized(
         "User unauthorized: No authentication info provided",

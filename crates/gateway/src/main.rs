@@ -94,10 +94,19 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(listen = %listener.local_addr()?, "drover-gateway serving");
     warp::serve(drover_gateway::filter(gateway))
         .incoming(listener)
-        .graceful(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .graceful(shutdown())
         .run()
         .await;
     Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM: in-flight requests finish, then the server stops.
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
 }

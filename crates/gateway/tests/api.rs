@@ -791,3 +791,19 @@ async fn bad_requests_get_cloudify_errors() {
     assert_eq!(res.status(), 400);
     assert_eq!(json_of(res.body())["error_code"], "bad_parameters_error");
 }
+
+#[tokio::test]
+async fn basic_credentials_win_over_a_stale_token() {
+    let gw = TestGateway::new();
+    let res = warp::test::request()
+        .path("/api/v3.1/status")
+        .header("authorization", basic())
+        .header("authentication-token", "ctok-gone-x")
+        .reply(&gw.filter())
+        .await;
+    assert_eq!(
+        res.status(),
+        200,
+        "the client sends both headers when given both"
+    );
+}
