@@ -308,8 +308,14 @@ async fn collect(
                 d = consumer.next() => next = Some(d?),
             }
         }
-        if !batch.records.is_empty() && tx.send(batch).await.is_err() {
-            return Ok(());
+        if batch.records.is_empty() {
+            continue;
+        }
+        // Waiting for the indexer (or for OpenSearch to come back) still hears the shutdown;
+        // a batch dropped here was not acknowledged, so the broker delivers it again.
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            sent = tx.send(batch) => if sent.is_err() { return Ok(()) },
         }
     }
 }

@@ -42,7 +42,8 @@ async fn setup(test: &str) -> (Arc<AmqpBus>, Client) {
     client.ensure_indices().await.unwrap();
     let topology = Topology::new()
         .with_prefix(format!("{run}-"))
-        .with_queue_expiry(Duration::from_secs(60));
+        // Long enough for publishing 100,000 before a consumer comes (publishes are no "use").
+        .with_queue_expiry(Duration::from_secs(900));
     let options = AmqpOptions::new(env("DROVER_AMQP_URL"), topology)
         .with_reconnect_budget(Duration::from_secs(30));
     let bus = AmqpBus::connect(options).await.unwrap();
@@ -119,7 +120,9 @@ async fn an_outage_of_opensearch_loses_and_duplicates_nothing() {
         .unwrap();
     let ingest = ingest(&bus, &client);
     let stats = ingest.stats();
-    let outage = {
+    // The outage runs beside ingest, on a task of its own, and says when all is indexed.
+    let (done, all_indexed) = tokio::sync::oneshot::channel();
+    let outage = tokio::spawn({
         let stats = stats.clone();
         async move {
             wait_for(&stats, EVENTS / 3).await;
@@ -131,9 +134,14 @@ async fn an_outage_of_opensearch_loses_and_duplicates_nothing() {
             assert!(stats.failed_requests.load(Ordering::Relaxed) > 0);
             node("start").await;
             wait_for(&stats, EVENTS).await;
+            let _ = done.send(());
         }
+    });
+    let all_indexed = async {
+        let _ = all_indexed.await;
     };
-    run_until(&ingest, outage, Duration::from_secs(900)).await;
+    run_until(&ingest, all_indexed, Duration::from_secs(900)).await;
+    outage.await.expect("the outage task failed");
     assert!(
         stats.indexed.load(Ordering::Relaxed) < EVENTS * 2,
         "ingest did not start over"

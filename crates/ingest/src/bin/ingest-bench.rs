@@ -88,7 +88,7 @@ async fn through_ingest(
     client.ensure_indices().await?;
     let topology = Topology::new()
         .with_prefix(format!("{run}-"))
-        .with_queue_expiry(Duration::from_secs(120));
+        .with_queue_expiry(Duration::from_secs(900));
     let bus = Arc::new(
         AmqpBus::connect(AmqpOptions::new(env("DROVER_AMQP_URL")?, topology))
             .await
@@ -104,7 +104,9 @@ async fn through_ingest(
     let stats = ingest.stats();
     let started = Instant::now();
     let (events, script) = (cli.events, cli.opensearch_script.clone());
-    let done = async move {
+    // Beside ingest, on a task of its own: the outage, and the signal that all is indexed.
+    let (finished, all_indexed) = tokio::sync::oneshot::channel();
+    let driver = tokio::spawn(async move {
         wait_for(&stats, events / 3).await;
         if let Some(outage) = outage {
             node(&script, "stop").await;
@@ -116,8 +118,13 @@ async fn through_ingest(
             node(&script, "start").await;
         }
         wait_for(&stats, events).await;
+        let _ = finished.send(());
+    });
+    let done = async {
+        let _ = all_indexed.await;
     };
     ingest.run(done).await?;
+    driver.await?;
     let rate = cli.events as f64 / started.elapsed().as_secs_f64();
     let count = client.count_events().await?;
     client.delete_everything().await?;
