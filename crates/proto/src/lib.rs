@@ -8,6 +8,8 @@
 
 include!(concat!(env!("OUT_DIR"), "/packages.rs"));
 
+pub mod codec;
+
 #[cfg(test)]
 mod tests {
     use prost::Message;
@@ -19,6 +21,7 @@ mod tests {
             deployment_id: "d1".into(),
             workflow_id: "install".into(),
             status: "started".into(),
+            ..Default::default()
         };
         let bytes = execution.encode_to_vec();
         let back = crate::drover::workflow::v1::Execution::decode(bytes.as_slice()).unwrap();
