@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use drover_bus::{Bus, BusError, Confirm, Message};
-use serde::{Deserialize, Serialize};
+use drover_proto::codec;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
@@ -23,17 +23,8 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
 /// sending more would only queue stale beats.
 const MAX_UNCONFIRMED: usize = 8;
 
-/// The body of one heartbeat (JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HeartbeatMessage {
-    /// The agent's name (also the routing key).
-    pub agent: String,
-    /// Counts the beats this agent sent, from 0 (a skipped tick sends none, so a gap means a
-    /// beat was lost on the way).
-    pub sequence: u64,
-    /// When it was sent, in milliseconds since the Unix epoch.
-    pub sent_at_ms: u64,
-}
+/// The body of one heartbeat (`drover.bus.v1`, see [`drover_proto::codec`]).
+pub use drover_model::Heartbeat as HeartbeatMessage;
 
 /// A running heartbeat; dropping it stops the beats.
 #[derive(Debug)]
@@ -71,14 +62,11 @@ async fn beat(bus: Arc<dyn Bus>, agent: String, interval: Duration) {
                     tracing::debug!(%agent, "broker behind: heartbeat skipped");
                     continue;
                 }
-                let body = HeartbeatMessage {
+                let body = codec::encode_heartbeat(&HeartbeatMessage {
                     agent: agent.clone(),
                     sequence,
                     sent_at_ms: now_ms(),
-                };
-                let Ok(body) = serde_json::to_vec(&body) else {
-                    continue;
-                };
+                });
                 match bus.publish(&route, Message::new(body)).await {
                     Ok(confirm) => {
                         unconfirmed.push_back(confirm);
@@ -158,7 +146,7 @@ mod tests {
                 let delivery = delivery.unwrap();
                 beats.push((
                     shard,
-                    serde_json::from_slice(&delivery.message.body).unwrap(),
+                    codec::decode_heartbeat(&delivery.message.body).unwrap(),
                 ));
                 delivery.ack().await.unwrap();
             }

@@ -50,7 +50,8 @@ impl PluginRegistry {
 /// N hollow agents running on one bus; dropping it stops them all.
 pub struct HollowHost {
     agents: JoinSet<Result<(), BusError>>,
-    _heartbeats: Vec<Heartbeat>,
+    /// Agent `i`'s heartbeat at index `i` (none at all without heartbeats).
+    heartbeats: Vec<Option<Heartbeat>>,
 }
 
 impl HollowHost {
@@ -69,14 +70,20 @@ impl HollowHost {
         for index in 0..count {
             let name = hollow_agent_name(index);
             if let Some(interval) = heartbeat {
-                heartbeats.push(Heartbeat::start(bus.clone(), name.clone(), interval));
+                heartbeats.push(Some(Heartbeat::start(bus.clone(), name.clone(), interval)));
             }
             agents.spawn(service(AgentQueue::Agent(name)).run());
         }
-        HollowHost {
-            agents,
-            _heartbeats: heartbeats,
-        }
+        HollowHost { agents, heartbeats }
+    }
+
+    /// Stops the heartbeat of agent `index`, which keeps serving its queue: a failure for the
+    /// monitor to detect. False when it has no heartbeat (already stopped, or none started).
+    pub fn stop_heartbeat(&mut self, index: usize) -> bool {
+        self.heartbeats
+            .get_mut(index)
+            .and_then(Option::take)
+            .is_some()
     }
 
     /// Runs until one agent's queue fails (the broker stays unreachable), with that error.
@@ -97,7 +104,7 @@ mod tests {
 
     use drover_bus::topology::OWNER_HEADER;
     use drover_bus::{ConsumeOptions, MemoryBus, Message, Topology};
-    use drover_model::{TaskOutcome, TaskResult};
+    use drover_model::TaskOutcome;
 
     use super::*;
     use crate::runner::{OperationRunner, RunnerConfig};
@@ -133,7 +140,7 @@ mod tests {
                 plugin: "anything".into(),
                 ..OperationTask::default()
             };
-            let message = Message::new(serde_json::to_vec(&task).unwrap())
+            let message = Message::new(drover_proto::codec::encode_task(&task))
                 .with_id(task.task_id.clone())
                 .with_header(OWNER_HEADER, "w1");
             let route = t.task_to_agent(&hollow_agent_name(index));
@@ -152,7 +159,7 @@ mod tests {
                 .await
                 .expect("every task answered in time")
                 .unwrap();
-            let result: TaskResult = serde_json::from_slice(&delivery.message.body).unwrap();
+            let result = drover_proto::codec::decode_result(&delivery.message.body).unwrap();
             assert_eq!(
                 result.outcome,
                 TaskOutcome::Succeeded {

@@ -6,13 +6,15 @@
 //! between the two leaves the task unacknowledged, the broker delivers it again, and the
 //! runner's memory of recent task ids answers the repeat with the first result instead of
 //! running the operation twice (for an agent that lives on; a restarted agent's memory is
-//! empty). Bodies are JSON for now, as the workflow's `BusDispatcher` sends them.
+//! empty). Bodies are `drover.bus.v1` protobuf ([`drover_proto::codec`]); a body that does
+//! not decode, or has an unknown version, is dead-lettered with the reason.
 
 use std::sync::Arc;
 
 use drover_bus::topology::OWNER_HEADER;
 use drover_bus::{Bus, BusError, ConsumeOptions, Delivery, Message};
-use drover_model::{OperationTask, TaskOutcome};
+use drover_model::TaskOutcome;
+use drover_proto::codec;
 use tokio::task::JoinSet;
 
 use crate::runner::OperationRunner;
@@ -137,7 +139,7 @@ enum Unanswered {
 
 async fn answer(context: &Context, delivery: &Delivery) -> Result<(), Unanswered> {
     let bus = context.bus.as_ref();
-    let task: OperationTask = serde_json::from_slice(&delivery.message.body)
+    let task = codec::decode_task(&delivery.message.body)
         .map_err(|e| Unanswered::Malformed(format!("malformed task: {e}")))?;
     let owner = delivery.message.headers.get(OWNER_HEADER).ok_or_else(|| {
         Unanswered::Malformed(format!(
@@ -161,9 +163,7 @@ async fn answer(context: &Context, delivery: &Delivery) -> Result<(), Unanswered
             format!("Task failed '{}' -> {error}", task.operation),
         ),
     }
-    let body = serde_json::to_vec(&result)
-        .map_err(|e| Unanswered::Malformed(format!("cannot encode the result: {e}")))?;
-    let message = Message::new(body).with_id(result.task_id);
+    let message = Message::new(codec::encode_result(&result)).with_id(result.task_id);
     let published = match bus.publish(&bus.topology().result_to(owner), message).await {
         Ok(confirm) => confirm.await,
         Err(e) => Err(e),
@@ -181,7 +181,7 @@ mod tests {
 
     use drover_bus::topology::REASON_HEADER;
     use drover_bus::{Consumer, MemoryBus, Topology};
-    use drover_model::{TaskOutcome, TaskResult};
+    use drover_model::{OperationTask, TaskOutcome};
 
     use super::*;
     use crate::plugin::{OperationEnv, Plugin, PluginFuture, PluginOutput, PluginRegistry};
@@ -271,7 +271,7 @@ mod tests {
             plugin: "count".into(),
             ..OperationTask::default()
         };
-        Message::new(serde_json::to_vec(&task).unwrap())
+        Message::new(codec::encode_task(&task))
             .with_id(id)
             .with_header(OWNER_HEADER, "w1")
     }
@@ -289,7 +289,7 @@ mod tests {
         for _ in 0..2 {
             let delivery = next(&mut s.results).await;
             assert_eq!(delivery.message.id.as_deref(), Some("t1"));
-            let result: TaskResult = serde_json::from_slice(&delivery.message.body).unwrap();
+            let result = codec::decode_result(&delivery.message.body).unwrap();
             assert_eq!(result.outcome, TaskOutcome::Succeeded { result: 1.into() });
             delivery.ack().await.unwrap();
         }
@@ -317,6 +317,22 @@ mod tests {
                 .iter()
                 .any(|r| r.starts_with("no x-drover-owner header")),
             "{reasons:?}"
+        );
+        // A body of a version this agent does not know.
+        let mut future = task("t2");
+        let mut body = future.body.to_vec();
+        assert_eq!(
+            body[..2],
+            [0x08, 0x01],
+            "the envelope starts with version 1"
+        );
+        body[1] = 0x02;
+        future.body = body.into();
+        send(&s.bus, future).await;
+        let reason = next(&mut s.dead).await.message.headers[REASON_HEADER].clone();
+        assert_eq!(
+            reason,
+            "malformed task: body version 2 is unknown (this build reads version 1)"
         );
         send(&s.bus, task("t3")).await;
         assert_eq!(next(&mut s.results).await.message.id.as_deref(), Some("t3"));

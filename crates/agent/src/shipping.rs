@@ -254,9 +254,9 @@ async fn ship(
         let count = batch.len();
         let messages = batch
             .drain(..)
-            .filter_map(|record| {
-                let body = serde_json::to_vec(&record).ok()?;
-                Some((route.clone(), Message::new(body).with_id(record.id)))
+            .map(|record| {
+                let body = drover_proto::codec::encode_record(&record);
+                (route.clone(), Message::new(body).with_id(record.id))
             })
             .collect();
         if let Err(error) = bus.publish_batch(messages).await {

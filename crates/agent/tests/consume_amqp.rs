@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use drover_bus::topology::{OWNER_HEADER, REASON_HEADER};
 use drover_bus::{Bus, ConsumeOptions, Message};
-use drover_model::{OperationTask, TaskNode, TaskOutcome, TaskResult};
+use drover_model::{OperationTask, TaskNode, TaskOutcome};
+use drover_proto::codec;
 use serde_json::json;
 
 mod common;
@@ -62,7 +63,7 @@ async fn consume_runs_tasks_from_rabbitmq_and_dead_letters_malformed_ones() {
         },
         ..Default::default()
     };
-    let message = Message::new(serde_json::to_vec(&task).unwrap())
+    let message = Message::new(codec::encode_task(&task))
         .with_id("t1")
         .with_header(OWNER_HEADER, "w1");
     let route = topology.task_to_agent("web_1");
@@ -71,7 +72,7 @@ async fn consume_runs_tasks_from_rabbitmq_and_dead_letters_malformed_ones() {
 
     let delivery = drover_bus::suite::expect(&mut results).await;
     assert_eq!(delivery.message.id.as_deref(), Some("t1"));
-    let result: TaskResult = serde_json::from_slice(&delivery.message.body).unwrap();
+    let result = codec::decode_result(&delivery.message.body).unwrap();
     assert!(
         matches!(result.outcome, TaskOutcome::Succeeded { .. }),
         "{result:?}"
@@ -86,20 +87,32 @@ async fn consume_runs_tasks_from_rabbitmq_and_dead_letters_malformed_ones() {
     bus.publish(&route, malformed).await.unwrap().await.unwrap();
     let delivery = drover_bus::suite::expect(&mut dead).await;
     assert!(
-        delivery.message.headers[REASON_HEADER].starts_with("malformed task"),
+        delivery.message.headers[REASON_HEADER]
+            .starts_with("malformed task: not a drover bus body"),
         "{:?}",
         delivery.message.headers
+    );
+    delivery.ack().await.unwrap();
+    // The envelope's version field (1) set to 2: a body from a newer drover.
+    let mut body = codec::encode_task(&task).to_vec();
+    body[1] = 0x02;
+    let future = Message::new(body).with_header(OWNER_HEADER, "w1");
+    bus.publish(&route, future).await.unwrap().await.unwrap();
+    let delivery = drover_bus::suite::expect(&mut dead).await;
+    assert_eq!(
+        delivery.message.headers[REASON_HEADER],
+        "malformed task: body version 2 is unknown (this build reads version 1)"
     );
     delivery.ack().await.unwrap();
 
     // Still answering; the repeated task id gets the first result (the script is not run
     // again).
-    let again = Message::new(serde_json::to_vec(&task).unwrap())
+    let again = Message::new(codec::encode_task(&task))
         .with_id("t1")
         .with_header(OWNER_HEADER, "w1");
     bus.publish(&route, again).await.unwrap().await.unwrap();
     let delivery = drover_bus::suite::expect(&mut results).await;
-    let repeat: TaskResult = serde_json::from_slice(&delivery.message.body).unwrap();
+    let repeat = codec::decode_result(&delivery.message.body).unwrap();
     assert_eq!(repeat, result);
     delivery.ack().await.unwrap();
 }

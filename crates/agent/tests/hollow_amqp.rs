@@ -13,7 +13,8 @@ use drover_agent::{
 };
 use drover_bus::topology::OWNER_HEADER;
 use drover_bus::{AmqpBus, AmqpOptions, Bus, ConsumeOptions, Message};
-use drover_model::{OperationTask, TaskOutcome, TaskResult};
+use drover_model::{OperationTask, TaskOutcome};
+use drover_proto::codec;
 use tokio::sync::mpsc;
 
 mod common;
@@ -48,8 +49,8 @@ async fn two_hundred_hollow_agents_heartbeat_without_backlog() {
         let seen_tx = seen_tx.clone();
         tokio::spawn(async move {
             while let Ok(delivery) = monitor.next().await {
-                let beat: HeartbeatMessage =
-                    serde_json::from_slice(&delivery.message.body).expect("a heartbeat body");
+                let beat =
+                    codec::decode_heartbeat(&delivery.message.body).expect("a heartbeat body");
                 let age = now_ms().saturating_sub(beat.sent_at_ms);
                 delivery.ack().await.expect("ack");
                 if seen_tx.send((shard, beat, age)).is_err() {
@@ -165,14 +166,14 @@ async fn the_hollow_command_answers_each_agents_tasks_and_heartbeats_for_each() 
             implementation: "never-run.sh".into(),
             ..Default::default()
         };
-        let message = Message::new(serde_json::to_vec(&task).unwrap())
+        let message = Message::new(codec::encode_task(&task))
             .with_id(task.task_id.clone())
             .with_header(OWNER_HEADER, "w1");
         let route = topology.task_to_agent(&drover_agent::hollow_agent_name(index));
         drover_bus::suite::publish_when_routable(&bus, &route, message, Duration::from_millis(100))
             .await;
         let delivery = drover_bus::suite::expect(&mut results).await;
-        let result: TaskResult = serde_json::from_slice(&delivery.message.body).unwrap();
+        let result = codec::decode_result(&delivery.message.body).unwrap();
         assert_eq!(result.task_id, task.task_id);
         assert!(
             matches!(result.outcome, TaskOutcome::Succeeded { .. }),
@@ -193,7 +194,7 @@ async fn the_hollow_command_answers_each_agents_tasks_and_heartbeats_for_each() 
         let poll = Duration::from_millis(100);
         while let Ok(delivery) = tokio::time::timeout(poll, monitor.next()).await {
             let delivery = delivery.unwrap();
-            let beat: HeartbeatMessage = serde_json::from_slice(&delivery.message.body).unwrap();
+            let beat = codec::decode_heartbeat(&delivery.message.body).unwrap();
             heard.insert(beat.agent);
             delivery.ack().await.unwrap();
         }

@@ -12,13 +12,14 @@ use drover_agent::{
 use drover_bus::topology::OWNER_HEADER;
 use drover_bus::{Bus, ConsumeOptions, Consumer, MemoryBus, Message, Topology};
 use drover_model::{EventRecord, OperationTask, TaskNode};
+use drover_proto::codec;
 
 /// Every record waiting in the ingest queue.
 async fn drain(ingest: &mut Consumer) -> Vec<EventRecord> {
     let mut records = Vec::new();
     while let Ok(delivery) = tokio::time::timeout(Duration::from_millis(300), ingest.next()).await {
         let delivery = delivery.unwrap();
-        let record: EventRecord = serde_json::from_slice(&delivery.message.body).unwrap();
+        let record = codec::decode_record(&delivery.message.body).unwrap();
         assert_eq!(delivery.message.id.as_deref(), Some(record.id.as_str()));
         records.push(record);
         delivery.ack().await.unwrap();
@@ -80,7 +81,7 @@ async fn script_output_and_task_events_reach_ingest() {
 
     let route = t.task_to_agent("web_1");
     for (id, script) in [("t1", "ok.sh"), ("t2", "bad.sh"), ("t1", "ok.sh")] {
-        let body = serde_json::to_vec(&task(id, blueprint.path(), script)).unwrap();
+        let body = codec::encode_task(&task(id, blueprint.path(), script));
         let message = Message::new(body)
             .with_id(id)
             .with_header(OWNER_HEADER, "w1");

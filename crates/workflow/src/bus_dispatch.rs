@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use drover_bus::topology::OWNER_HEADER;
 use drover_bus::{Bus, BusError, ConsumeOptions, Consumer, Delivery, Message, Route, Topology};
-use drover_model::{OperationTask, TaskResult};
+use drover_model::OperationTask;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -117,9 +117,7 @@ impl TaskDispatcher for BusDispatcher {
         let topology = self.bus.topology();
         let mut messages = Vec::with_capacity(tasks.len());
         for task in &tasks {
-            let body = serde_json::to_vec(task)
-                .map_err(|e| DispatchError(format!("encoding task {}: {e}", task.task_id)))?;
-            let message = Message::new(body)
+            let message = Message::new(drover_proto::codec::encode_task(task))
                 .with_id(task.task_id.clone())
                 .with_header(OWNER_HEADER, self.owner.clone());
             messages.push(((self.router)(topology, task), message));
@@ -159,7 +157,7 @@ async fn consume_results(mut consumer: Consumer, subscribers: Subscribers) {
 /// Decodes one result and gives it to its execution's executor, then acknowledges it; a body
 /// that is no result is dead-lettered with the reason.
 async fn hand_over(delivery: Delivery, subscribers: &Subscribers) -> Result<(), BusError> {
-    let result: TaskResult = match serde_json::from_slice(&delivery.message.body) {
+    let result = match drover_proto::codec::decode_result(&delivery.message.body) {
         Ok(result) => result,
         Err(e) => {
             return delivery
@@ -195,7 +193,7 @@ mod tests {
 
     use drover_bus::MemoryBus;
     use drover_bus::topology::REASON_HEADER;
-    use drover_model::TaskOutcome;
+    use drover_model::{TaskOutcome, TaskResult};
 
     use super::*;
 
@@ -239,15 +237,15 @@ mod tests {
         let delivery = central.next().await.unwrap();
         assert_eq!(delivery.message.id.as_deref(), Some("e1-0-0-0"));
         assert_eq!(delivery.message.headers[OWNER_HEADER], "w1");
-        let sent: OperationTask = serde_json::from_slice(&delivery.message.body).unwrap();
+        let sent = drover_proto::codec::decode_task(&delivery.message.body).unwrap();
         assert_eq!(sent, task);
         delivery.ack().await.unwrap();
 
         let route = bus.topology().result_to("w1");
-        let body = serde_json::to_vec(&result("e1-0-0-0", "e1")).unwrap();
+        let body = drover_proto::codec::encode_result(&result("e1-0-0-0", "e1"));
         publish(&bus, route.clone(), body).await;
         // Another execution's result is acknowledged and dropped, not handed to e1.
-        publish(&bus, route, serde_json::to_vec(&result("x", "e2")).unwrap()).await;
+        publish(&bus, route, drover_proto::codec::encode_result(&result("x", "e2"))).await;
         let report = tokio::time::timeout(Duration::from_secs(5), reports.recv()).await;
         assert_eq!(
             report.unwrap(),
