@@ -11,7 +11,10 @@
 //! - `journal` is what `resume` reads back: a resumed execution rebuilds the same graphs, skips
 //!   finished tasks and re-sends in-flight ones under their original ids.
 //!
-//! [`BusDispatcher`] sends tasks to agents over a message bus instead.
+//! [`BusDispatcher`] sends tasks to agents over a message bus instead. The service
+//! `drover-workflow` is [`WorkflowService`] (gRPC: deployments, executions) and [`Replica`] (the
+//! consumer of the `executions` work queue that runs them, resuming after another replica's
+//! death).
 //!
 //! [`testing`] builds small plans by hand for tests.
 
@@ -23,7 +26,9 @@ mod functions;
 mod graph;
 mod journal;
 mod lifecycle;
+mod replica;
 mod scale;
+mod service;
 mod state;
 pub mod testing;
 mod workflows;
@@ -41,6 +46,8 @@ pub use dispatch::{
     DispatchError, InProcessDispatcher, NoRunner, OperationRunner, TaskDispatcher, TaskReport,
 };
 pub use events::{NullObserver, Observer, Progress};
+pub use replica::{HostRouter, Replica, ReplicaConfig, ticket};
+pub use service::{WorkflowService, to_pb};
 pub use state::State;
 pub use workflows::BUILT_IN;
 
