@@ -47,11 +47,10 @@ fn node_json(
     Ok(Value::Object(o))
 }
 
-pub fn instance_json(i: &NodeInstance, index: usize, tenant: &str) -> ApiResult<Value> {
+pub fn instance_json(i: &NodeInstance, tenant: &str) -> ApiResult<Value> {
     let mut o = object(i)?;
     for (k, v) in [
         ("system_properties", json!({})),
-        ("index", json!(index)),
         ("scaling_groups", json!(i.scaling_groups)),
         ("is_status_check_ok", json!(true)),
         ("has_configuration_drift", json!(false)),
@@ -99,8 +98,8 @@ pub async fn list_instances(gw: Arc<Gateway>, req: Request) -> ApiResult<Reply> 
         .blocking(move |gw| {
             let mut items = Vec::new();
             for id in deployments_in_scope(gw, &tenant, deployment.as_deref())? {
-                for (n, i) in gw.store.node_instances(&id)?.iter().enumerate() {
-                    items.push(instance_json(i, n, &tenant)?);
+                for i in gw.store.node_instances(&id)? {
+                    items.push(instance_json(&i, &tenant)?);
                 }
             }
             Ok(items)
@@ -109,17 +108,11 @@ pub async fn list_instances(gw: Arc<Gateway>, req: Request) -> ApiResult<Reply> 
     Ok(Reply::Json(StatusCode::OK, params.apply(items)?))
 }
 
-/// The tenant's node instance with this id, and its index in its deployment.
-fn find_instance(gw: &Gateway, tenant: &str, id: &str) -> ApiResult<(NodeInstance, usize)> {
+/// The tenant's node instance with this id (one lookup per deployment of the tenant).
+fn find_instance(gw: &Gateway, tenant: &str, id: &str) -> ApiResult<NodeInstance> {
     for deployment in deployments_in_scope(gw, tenant, None)? {
         if let Some(i) = gw.store.node_instance(&deployment, id)? {
-            let index = gw
-                .store
-                .node_instances(&deployment)?
-                .iter()
-                .position(|x| x.id == id)
-                .unwrap_or(0);
-            return Ok((i, index));
+            return Ok(i);
         }
     }
     Err(ApiError::not_found("NodeInstance", id))
@@ -130,10 +123,7 @@ pub async fn get_instance(gw: Arc<Gateway>, req: Request) -> ApiResult<Reply> {
     let id = req.params[0].clone();
     let params = ListParams::from_query(&req.query, NOT_FILTERS)?;
     let item = gw
-        .blocking(move |gw| {
-            let (i, index) = find_instance(gw, &tenant, &id)?;
-            instance_json(&i, index, &tenant)
-        })
+        .blocking(move |gw| instance_json(&find_instance(gw, &tenant, &id)?, &tenant))
         .await?;
     Ok(Reply::Json(StatusCode::OK, params.project(item)))
 }
@@ -184,7 +174,7 @@ pub async fn update_instance(gw: Arc<Gateway>, req: Request) -> ApiResult<Reply>
     }
     let item = gw
         .blocking(move |gw| {
-            let (stored, index) = find_instance(gw, &tenant, &id)?;
+            let stored = find_instance(gw, &tenant, &id)?;
             if !force && stored.version != body.version {
                 return Err(ApiError::conflict(format!(
                     "Node instance {id} was modified: version {} given, {} stored",
@@ -200,7 +190,7 @@ pub async fn update_instance(gw: Arc<Gateway>, req: Request) -> ApiResult<Reply>
                 next.state = state;
             }
             let updated = gw.store.update_node_instance(&deployment, &next)?;
-            instance_json(&updated, index, &tenant)
+            instance_json(&updated, &tenant)
         })
         .await?;
     Ok(Reply::Json(StatusCode::OK, item))
