@@ -141,8 +141,8 @@ pub fn expiration(spec: &str, now: std::time::SystemTime) -> ApiResult<String> {
         ))
     };
     let at = if let Some(rel) = spec.strip_prefix('+') {
-        let split = rel.len().checked_sub(1).ok_or_else(bad)?;
-        let (n, unit) = rel.split_at(split);
+        let unit_len = rel.chars().last().map_or(0, char::len_utf8);
+        let (n, unit) = rel.split_at(rel.len() - unit_len);
         let n: u64 = n.parse().map_err(|_| bad())?;
         let secs = match unit {
             "s" => Some(n),
@@ -176,7 +176,7 @@ mod tests {
             expiration("2030-01-02 03:04", t0).unwrap(),
             "2030-01-02T03:04:00.000Z"
         );
-        for bad in ["+", "+1y", "soon", "+99999999999d"] {
+        for bad in ["+", "+1y", "+1é", "+é", "soon", "+99999999999d"] {
             assert!(expiration(bad, t0).is_err(), "{bad}");
         }
     }
