@@ -1,6 +1,8 @@
 //! `drover local …`: a deployment run entirely in this process — the embedded state store under
-//! `--state-dir` (default `./.drover/`), the workflow engine, and in-process agents that run
-//! script operations (dry-run tasks are acknowledged without running).
+//! `--state-dir` (default `./.drover/`), the workflow engine, and an in-process agent that runs
+//! script operations (dry-run tasks are acknowledged without running). The engine and the agent
+//! meet as the services do, through `BusDispatcher` and `AgentService`, on an in-memory bus
+//! instead of RabbitMQ: one code path for both.
 //!
 //! One deployment per state directory, with the id `local`, as Cloudify's `cfy local`. Events go
 //! to the terminal and `--events-json`; the state directory keeps what a resume needs.
@@ -13,9 +15,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
+use drover_bus::{MemoryBus, Topology};
 use drover_model::{ExecutionStatus, Map};
 use drover_store::{FileStore, StateStore};
-use drover_workflow::{CancelMode, Canceller, Engine, InProcessDispatcher, RunOptions};
+use drover_workflow::{
+    BusDispatcher, CancelMode, Canceller, Engine, InProcessDispatcher, NoRunner, RunOptions,
+};
 
 use crate::{Failure, inputs};
 
@@ -130,7 +135,7 @@ async fn run_async(command: LocalCommand) -> Result<(), Failure> {
             };
             let plan = drover_dsl::plan_file(&blueprint, &options)
                 .map_err(|e| Failure::Invalid(e.to_string()))?;
-            let local = Local::open(&run)?;
+            let local = Local::open(&run).await?;
             local.refuse_to_replace_an_installed_deployment()?;
             let blueprint_id = blueprint
                 .file_stem()
@@ -168,7 +173,10 @@ async fn run_async(command: LocalCommand) -> Result<(), Failure> {
             if ignore_failure {
                 params.insert("ignore_failure".into(), true.into());
             }
-            Local::open(&run)?.execute("uninstall", params, &run).await
+            Local::open(&run)
+                .await?
+                .execute("uninstall", params, &run)
+                .await
         }
         LocalCommand::Execute {
             workflow,
@@ -176,12 +184,16 @@ async fn run_async(command: LocalCommand) -> Result<(), Failure> {
             run,
         } => {
             let params = parse_parameters(&parameters)?;
-            Local::open(&run)?.execute(&workflow, params, &run).await
+            Local::open(&run)
+                .await?
+                .execute(&workflow, params, &run)
+                .await
         }
-        LocalCommand::Resume { run } => Local::open(&run)?.resume(&run).await,
+        LocalCommand::Resume { run } => Local::open(&run).await?.resume(&run).await,
         LocalCommand::Outputs { state } => {
             let store = open_store(&state)?;
-            let engine = Engine::new(store, dispatcher());
+            // Outputs run no operation: an engine whose dispatcher refuses them suffices.
+            let engine = Engine::new(store, InProcessDispatcher::new(NoRunner));
             let outputs = engine
                 .outputs(DEPLOYMENT)
                 .map_err(|e| Failure::Invalid(e.to_string()))?;
@@ -243,26 +255,36 @@ fn open_store(state: &StateArgs) -> anyhow::Result<Arc<dyn StateStore>> {
     Ok(Arc::new(store))
 }
 
-type Dispatcher = InProcessDispatcher<agent::InProcessAgent>;
+/// The results queue's owner name on the embedded bus.
+const OWNER: &str = "local";
 
-fn dispatcher() -> Dispatcher {
-    InProcessDispatcher::new(agent::InProcessAgent::lazy())
+/// The embedded engine over one state directory, and its agent.
+struct Local {
+    engine: Engine<BusDispatcher>,
+    state_dir: PathBuf,
+    agent: tokio::task::JoinHandle<()>,
 }
 
-/// The embedded engine over one state directory.
-struct Local {
-    engine: Engine<Dispatcher>,
-    state_dir: PathBuf,
+impl Drop for Local {
+    fn drop(&mut self) {
+        self.agent.abort();
+    }
 }
 
 impl Local {
-    fn open(run: &RunArgs) -> anyhow::Result<Local> {
+    async fn open(run: &RunArgs) -> anyhow::Result<Local> {
         let store = open_store(&run.state)?;
         let state_dir = run.state.state_dir.clone();
-        let agent = agent::InProcessAgent::new(state_dir.join("work"));
+        let bus = Arc::new(MemoryBus::new(Topology::new()));
+        let agent = agent::start(bus.clone(), state_dir.join("work"), run.parallelism)
+            .context("starting the in-process agent")?;
+        let dispatcher = BusDispatcher::start(bus, OWNER)
+            .await
+            .context("starting the dispatcher")?;
         Ok(Local {
-            engine: Engine::new(store, InProcessDispatcher::new(agent)),
+            engine: Engine::new(store, dispatcher),
             state_dir,
+            agent,
         })
     }
 
