@@ -13,6 +13,8 @@
 //! - [`grpc`], [`metrics`]: `GetHealth`/`ListAgents`, and Prometheus text on `/metrics`.
 
 pub mod codec;
+#[cfg(feature = "drill")]
+pub mod drill;
 pub mod events;
 pub mod grpc;
 pub mod heal;

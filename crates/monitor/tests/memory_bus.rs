@@ -44,7 +44,7 @@ async fn events(bus: &MemoryBus, quiet: Duration) -> Vec<EventRecord> {
     let mut events = Vec::new();
     while let Ok(delivery) = tokio::time::timeout(quiet, ingest.next()).await {
         let delivery = delivery.unwrap();
-        events.push(serde_json::from_slice(&delivery.message.body).unwrap());
+        events.push(drover_monitor::codec::decode_record(&delivery.message.body).unwrap());
         delivery.ack().await.unwrap();
     }
     events

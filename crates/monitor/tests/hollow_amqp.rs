@@ -1,0 +1,44 @@
+//! The failure drill on a real RabbitMQ: 1,000 hollow agents heartbeat every 200 ms, 10 of them
+//! stop at a known moment, and for two minutes the monitor is watched. Every stopped agent is
+//! detected, no other agent is reported failed, and one heal is started per stopped agent.
+//! Detection latency is printed, not asserted (the benchmark reports it). `#[ignore]`d: run with
+//! `--ignored` and `DROVER_AMQP_URL` set (scripts/test does).
+
+use drover_monitor::drill::{self, DrillConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run with --ignored and DROVER_AMQP_URL set (scripts/test does)"]
+async fn one_percent_of_a_thousand_hollow_agents_die_and_each_is_detected_and_healed_once() {
+    let url = std::env::var("DROVER_AMQP_URL").expect(
+        "DROVER_AMQP_URL is not set: start RabbitMQ with `scripts/rabbitmq start` and set \
+         DROVER_AMQP_URL=$(scripts/rabbitmq url)",
+    );
+    let topology = drover_bus::suite::topology("monitor-drill");
+    let report = drill::run(&url, topology, DrillConfig::new(1000, 10))
+        .await
+        .expect("the drill runs");
+    let latencies = report.latencies();
+    eprintln!(
+        "monitor drill: {} agents, {} heartbeats consumed, detection latencies {latencies:?}, \
+         p50 {:?} p99 {:?}",
+        report.agents,
+        report.heartbeats,
+        report.percentile(50.0),
+        report.percentile(99.0),
+    );
+    assert_eq!(report.killed.len(), 10);
+    assert!(
+        report.missed().is_empty(),
+        "not detected: {:?}",
+        report.missed()
+    );
+    assert!(
+        report.false_positives.is_empty(),
+        "false positives: {:?}",
+        report.false_positives
+    );
+    let mut healed: Vec<&str> = report.heals.iter().map(|(i, _)| i.as_str()).collect();
+    healed.sort_unstable();
+    let killed: Vec<&str> = report.killed.keys().map(String::as_str).collect();
+    assert_eq!(healed, killed, "one heal per stopped agent");
+}
