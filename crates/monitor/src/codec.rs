@@ -1,21 +1,20 @@
-//! The bodies the monitor reads and writes on the bus, each behind one function so that an
-//! encoding change is a one-line change here.
+//! The bodies the monitor reads and writes on the bus (`drover.bus.v1` protobuf, see
+//! `drover_proto::codec`), each behind one function so that an encoding change is a one-line
+//! change here.
 
 use drover_model::{EventRecord, Heartbeat};
 
-/// A heartbeat's body (JSON, as drover-agent sends it today); the error is the reason it is
-/// dead-lettered.
+/// A heartbeat's body; the error is the reason it is dead-lettered.
 pub fn decode_heartbeat(body: &[u8]) -> Result<Heartbeat, String> {
-    serde_json::from_slice(body).map_err(|e| format!("not a heartbeat: {e}"))
+    drover_proto::codec::decode_heartbeat(body).map_err(|e| e.to_string())
 }
 
-/// An event record for the `ingest` queue (JSON, what drover-ingest reads today).
+/// An event record for the `ingest` queue.
 pub fn encode_record(record: &EventRecord) -> Vec<u8> {
-    // Serializing plain strings and numbers cannot fail.
-    serde_json::to_vec(record).unwrap_or_default()
+    drover_proto::codec::encode_record(record)
 }
 
 /// An event record from the `ingest` queue, as [`encode_record`] wrote it.
 pub fn decode_record(body: &[u8]) -> Result<EventRecord, String> {
-    serde_json::from_slice(body).map_err(|e| format!("not an event record: {e}"))
+    drover_proto::codec::decode_record(body).map_err(|e| e.to_string())
 }

@@ -23,6 +23,7 @@ pub mod phi;
 pub mod policy;
 pub mod service;
 pub mod tracker;
+pub mod workflow_healer;
 
 pub use heal::{Healer, MemoryHealer};
 pub use service::{Health, Monitor, MonitorConfig};

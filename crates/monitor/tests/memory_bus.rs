@@ -24,7 +24,7 @@ fn agent(bus: Arc<dyn Bus>, name: String) -> JoinHandle<()> {
                 sequence,
                 sent_at_ms: 0,
             };
-            let body = serde_json::to_vec(&beat).unwrap();
+            let body = drover_proto::codec::encode_heartbeat(&beat);
             if let Ok(confirm) = bus.publish(&route, Message::new(body)).await {
                 let _ = confirm.await;
             }
