@@ -57,16 +57,15 @@ pub enum IngestError {
 /// Why a message is not a record.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("not an event record: {0}")]
-    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Body(#[from] drover_proto::codec::CodecError),
     #[error("an event record with an empty id")]
     NoId,
 }
 
-/// A message body as a record: the event record's JSON, as the agent's shipper writes it. (The
-/// one place to change when bodies become protobuf.)
+/// A message body as a record: `drover.bus.v1` protobuf, as the agent's shipper writes it.
 pub fn decode(message: &Message) -> Result<EventRecord, DecodeError> {
-    let record: EventRecord = serde_json::from_slice(&message.body)?;
+    let record = drover_proto::codec::decode_record(&message.body)?;
     if record.id.is_empty() {
         return Err(DecodeError::NoId);
     }
@@ -329,8 +328,8 @@ mod tests {
         let record = synthetic::record("t", 7);
         assert_eq!(decode(&synthetic::message(&record)).unwrap(), record);
         assert!(matches!(
-            decode(&Message::new("not json")),
-            Err(DecodeError::Json(_))
+            decode(&Message::new("not protobuf")),
+            Err(DecodeError::Body(_))
         ));
         let mut no_id = record;
         no_id.id.clear();

@@ -41,7 +41,7 @@ pub fn record(run: &str, n: u64) -> EventRecord {
 
 /// A record as ingest's messages carry it.
 pub fn message(record: &EventRecord) -> Message {
-    Message::new(serde_json::to_vec(record).unwrap_or_default()).with_id(record.id.clone())
+    Message::new(drover_proto::codec::encode_record(record)).with_id(record.id.clone())
 }
 
 /// Publishes records `0..n` of a run to the ingest queue, `chunk` at a time with pipelined

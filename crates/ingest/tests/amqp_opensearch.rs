@@ -159,7 +159,10 @@ async fn poison_messages_and_refused_records_are_dead_lettered() {
     let mut refused = synthetic::record("poison", 1);
     refused.event.timestamp = "2026-11-26Tnot-a-time".into();
     bus.publish_batch(vec![
-        (route.clone(), Message::new("not json").with_id("poison-0")),
+        (
+            route.clone(),
+            Message::new("not protobuf").with_id("poison-0"),
+        ),
         (route.clone(), synthetic::message(&refused)),
         (
             route.clone(),
@@ -197,7 +200,7 @@ async fn poison_messages_and_refused_records_are_dead_lettered() {
         .unwrap();
     assert_eq!(delivery.message.id.as_deref(), Some("poison-0"));
     let reason = &delivery.message.headers[REASON_HEADER];
-    assert!(reason.contains("not an event record"), "{reason}");
+    assert!(reason.contains("not a drover bus body"), "{reason}");
     delivery.ack().await.unwrap();
 
     // The record OpenSearch refused: in the dead-letter index, with OpenSearch's reason.
