@@ -74,10 +74,11 @@ impl Runs {
     }
 }
 
-/// Every operation: counted, then succeeds after `delay`.
+/// Every operation: counted, then succeeds after `delay` once the gate is open.
 struct Counting {
     runs: Runs,
     delay: Duration,
+    gate: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Plugin for Counting {
@@ -91,6 +92,9 @@ impl Plugin for Counting {
                 .entry(task.task_id.clone())
                 .or_default() += 1;
             tokio::time::sleep(self.delay).await;
+            let mut gate = self.gate.clone();
+            // A closed channel (the test is over) lets it end as well.
+            let _ = gate.wait_for(|open| *open).await.map(|_| ());
             PluginOutput::succeeded(serde_json::Value::Null)
         })
     }
@@ -100,6 +104,8 @@ impl Plugin for Counting {
 /// `HostRouter` routes), sharing one runner, so a repeated task id gets its first result.
 pub struct Agents {
     pub runs: Runs,
+    /// Open (true) at first; while closed, operations that started do not end.
+    pub gate: tokio::sync::watch::Sender<bool>,
     handles: Vec<JoinHandle<Result<(), drover_bus::BusError>>>,
     _work: tempfile::TempDir,
 }
@@ -112,10 +118,12 @@ impl Drop for Agents {
 
 pub async fn agents(bus: Arc<dyn Bus>, plan: &Plan, delay: Duration) -> Agents {
     let runs = Runs::default();
+    let (gate, gate_rx) = tokio::sync::watch::channel(true);
     let mut plugins = PluginRegistry::empty();
     plugins.set_fallback(Arc::new(Counting {
         runs: runs.clone(),
         delay,
+        gate: gate_rx,
     }));
     let work = tempfile::tempdir().unwrap();
     let runner = Arc::new(
@@ -155,6 +163,7 @@ pub async fn agents(bus: Arc<dyn Bus>, plan: &Plan, delay: Duration) -> Agents {
     }
     Agents {
         runs,
+        gate,
         handles,
         _work: work,
     }
