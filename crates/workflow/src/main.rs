@@ -30,9 +30,13 @@ struct Cli {
     /// Let the broker delete queues unused for this many seconds (tests sharing a broker).
     #[arg(long)]
     queue_expiry_s: Option<u64>,
-    /// The state directory (FileStore), shared by the replicas.
-    #[arg(long)]
-    state_dir: PathBuf,
+    /// The state directory (FileStore), shared by the replicas (see the `replica` module's doc
+    /// for what two processes on one directory may do at once).
+    #[arg(long, required_unless_present = "store")]
+    state_dir: Option<PathBuf>,
+    /// The state store as a URL instead: file:DIR, memory:, or http(s):// for OpenSearch.
+    #[arg(long, conflicts_with = "state_dir")]
+    store: Option<String>,
     /// Where the gRPC service listens.
     #[arg(long, default_value = "127.0.0.1:7001")]
     listen: SocketAddr,
@@ -60,10 +64,15 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let store: Arc<dyn StateStore> = Arc::new(
-        FileStore::open(&cli.state_dir)
-            .with_context(|| format!("opening {}", cli.state_dir.display()))?,
-    );
+    let store: Arc<dyn StateStore> = match (&cli.store, &cli.state_dir) {
+        (Some(url), _) => {
+            drover_store::open(url).with_context(|| format!("opening the store {url}"))?
+        }
+        (None, Some(dir)) => {
+            Arc::new(FileStore::open(dir).with_context(|| format!("opening {}", dir.display()))?)
+        }
+        (None, None) => anyhow::bail!("--state-dir or --store is required"),
+    };
     let mut topology = Topology::new().with_prefix(cli.prefix);
     if let Some(seconds) = cli.queue_expiry_s {
         topology = topology.with_queue_expiry(Duration::from_secs(seconds));
