@@ -245,7 +245,12 @@ mod tests {
         let body = drover_proto::codec::encode_result(&result("e1-0-0-0", "e1"));
         publish(&bus, route.clone(), body).await;
         // Another execution's result is acknowledged and dropped, not handed to e1.
-        publish(&bus, route, drover_proto::codec::encode_result(&result("x", "e2"))).await;
+        publish(
+            &bus,
+            route,
+            drover_proto::codec::encode_result(&result("x", "e2")),
+        )
+        .await;
         let report = tokio::time::timeout(Duration::from_secs(5), reports.recv()).await;
         assert_eq!(
             report.unwrap(),
