@@ -95,10 +95,7 @@ impl Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    drover_telemetry::init_tracing("error");
     let args = Args::parse();
     let config = args.config()?;
     let listener = tokio::net::TcpListener::bind(&args.listen)

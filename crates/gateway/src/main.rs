@@ -53,11 +53,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    drover_telemetry::init_tracing("info");
     let args = Args::parse();
     let store = drover_store::open(&args.store)
         .with_context(|| format!("opening the state store {}", args.store))?;

@@ -36,12 +36,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    drover_telemetry::init_tracing("info");
     let cli = Cli::parse();
     anyhow::ensure!(cli.batch_size > 0, "--batch-size must be at least 1");
     let client = Client::new(OpenSearchOptions::from_url(&cli.opensearch_url)?)?;

@@ -57,12 +57,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    drover_telemetry::init_tracing("info");
     let cli = Cli::parse();
     let store: Arc<dyn StateStore> = match (&cli.store, &cli.state_dir) {
         (Some(url), _) => {

@@ -24,12 +24,7 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    drover_telemetry::init_tracing("warn");
     let cli = Cli::parse();
     let url = std::env::var("DROVER_AMQP_URL").context("DROVER_AMQP_URL is not set")?;
     let runtime = tokio::runtime::Runtime::new()?;

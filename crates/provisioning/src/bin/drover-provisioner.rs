@@ -166,10 +166,7 @@ impl Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    drover_telemetry::init_tracing("error");
     let args = Args::parse();
     let provisioner = Provisioner::new(args.driver()?, args.provisioner_config()?);
     let service = ProvisioningService::new(provisioner, args.batch_size);
