@@ -81,6 +81,15 @@ pub struct Route {
     pub persistent: bool,
 }
 
+/// Every exchange's base name (before the prefix) and kind, as the `*_exchange` methods spell
+/// them; [`Topology::exchanges`] and [`Topology::has_exchange`] read this table.
+const EXCHANGES: [(&str, ExchangeKind); 4] = [
+    ("tasks", ExchangeKind::Direct),
+    ("results", ExchangeKind::Direct),
+    ("heartbeats", ExchangeKind::ConsistentHash),
+    ("dead-letter", ExchangeKind::Fanout),
+];
+
 /// drover's topology, with the settings that shape it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
@@ -198,17 +207,21 @@ impl Topology {
 
     /// The exchanges, declared when a bus connects.
     pub fn exchanges(&self) -> Vec<ExchangeSpec> {
-        let durable = |name, kind| ExchangeSpec {
-            name,
-            kind,
-            durable: true,
-        };
-        vec![
-            durable(self.tasks_exchange(), ExchangeKind::Direct),
-            durable(self.results_exchange(), ExchangeKind::Direct),
-            durable(self.heartbeats_exchange(), ExchangeKind::ConsistentHash),
-            durable(self.dead_letter_exchange(), ExchangeKind::Fanout),
-        ]
+        EXCHANGES
+            .iter()
+            .map(|&(base, kind)| ExchangeSpec {
+                name: self.name(base),
+                kind,
+                durable: true,
+            })
+            .collect()
+    }
+
+    /// Whether `name` is one of [`Topology::exchanges`]; checked on every publish, so it
+    /// compares names without building them.
+    pub fn has_exchange(&self, name: &str) -> bool {
+        name.strip_prefix(self.prefix.as_str())
+            .is_some_and(|base| EXCHANGES.iter().any(|&(b, _)| b == base))
     }
 
     /// The fixed queues, declared when a bus connects. Agent and results queues come and go
@@ -372,12 +385,7 @@ pub(crate) fn check_publish(
     }
     // Publishing to an exchange the broker does not know closes the publishing channel, and
     // with it the confirms of every other publish in flight: refuse it here.
-    if !route.exchange.is_empty()
-        && !topology
-            .exchanges()
-            .iter()
-            .any(|e| e.name == route.exchange)
-    {
+    if !route.exchange.is_empty() && !topology.has_exchange(&route.exchange) {
         return Err(BusError::NoSuchExchange(route.exchange.clone()));
     }
     check_short("routing key", &route.routing_key)?;
