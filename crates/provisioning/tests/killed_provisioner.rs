@@ -92,13 +92,7 @@ async fn a_batch_asked_again_after_kill_9_makes_no_duplicates() {
     let second = ProvisionerProcess::start(&cloud, state.path(), POLICY);
     let provisioner = client(&second.endpoint);
     let results = provisioner.provision(specs("dep", n)).await;
-    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} failed, first: {}",
-        failed.len(),
-        failed[0]
-    );
+    common::assert_all_succeeded(&results);
     let stats = cloud.stats().await;
     assert_eq!(stats["duplicates"], 0, "{stats}");
     assert_eq!(stats["alive"], n, "{stats}");

@@ -38,13 +38,7 @@ async fn a_thousand_servers_through_every_fault_without_duplicates_or_leaks() {
         Arc::new(Journal::in_memory()),
     );
     let results = provisioner.provision(specs("dep", 1000)).await;
-    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} failed, first: {}",
-        failed.len(),
-        failed[0]
-    );
+    common::assert_all_succeeded(&results);
     let ids: HashSet<_> = results.iter().flatten().map(|s| s.id.clone()).collect();
     assert_eq!(ids.len(), 1000);
     let stats = cloud.stats().await;
@@ -71,13 +65,7 @@ async fn a_thousand_servers_through_every_fault_without_duplicates_or_leaks() {
 
     let keys = specs("dep", 1000).into_iter().map(|s| s.key).collect();
     let results = provisioner.deprovision(keys).await;
-    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} failed, first: {}",
-        failed.len(),
-        failed[0]
-    );
+    common::assert_all_succeeded(&results);
     let stats = cloud.stats().await;
     assert_eq!(stats["alive"], 0, "leaked: {stats}");
     assert_eq!(stats["duplicates"], 0, "{stats}");
@@ -121,12 +109,6 @@ async fn quota_exhaustion_fails_the_instances_beyond_it_and_leaks_nothing() {
 
     let keys = specs("dep", 80).into_iter().map(|s| s.key).collect();
     let results = provisioner.deprovision(keys).await;
-    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} failed, first: {}",
-        failed.len(),
-        failed[0]
-    );
+    common::assert_all_succeeded(&results);
     assert_eq!(cloud.stats().await["alive"], 0);
 }

@@ -197,3 +197,14 @@ impl Drop for ProvisionerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Asserts that every result of a batch succeeded, naming how many failed and the first error.
+pub fn assert_all_succeeded<T, E: std::fmt::Display>(results: &[Result<T, E>]) {
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed, first: {}",
+        failed.len(),
+        failed[0]
+    );
+}
