@@ -9,6 +9,8 @@
 #    update with version check, outputs, uninstall, delete.
 # 2. schemathesis against /api/v3.1/openapi.json: no 5xx (check not_a_server_error).
 #
+# The same client flow runs against the real stack through nginx in tests/e2e/run.sh; this one
+# stays for schemathesis, whose random requests want a gateway of their own, and as a fast check.
 # The gateway runs on a file store in a fresh temporary directory. With DROVER_WORKFLOW_GRPC
 # set it calls that workflow service; without it executions run inside the gateway in dry-run
 # (no operation runs). Settings: DROVER_GATEWAY_TEST_PORT (default 18100),
@@ -23,8 +25,13 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 python_tools cloudify-common==7.0.5 schemathesis==4.32.5
 PY=$CACHE/venv/bin/python
 
-say "building drover-gateway"
-(cd "$ROOT" && cargo build --locked -p drover-gateway --bin drover-gateway)
+# DROVER_STACK_BIN: a directory with a drover-gateway already built (scripts/test passes the one
+# its cargo test built); otherwise it is built here.
+if [ -z "${DROVER_STACK_BIN:-}" ]; then
+  say "building drover-gateway"
+  (cd "$ROOT" && cargo build --locked -p drover-gateway --bin drover-gateway)
+fi
+GATEWAY_BIN=${DROVER_STACK_BIN:-$TARGET/debug}/drover-gateway
 
 WORK=$(mktemp -d)
 GATEWAY_PID=
@@ -35,7 +42,7 @@ cleanup() {
 trap cleanup EXIT
 
 say "starting drover-gateway on 127.0.0.1:$PORT${DROVER_WORKFLOW_GRPC:+ (workflow service $DROVER_WORKFLOW_GRPC)}"
-DROVER_ADMIN_PASSWORD=admin RUST_LOG=${RUST_LOG:-warn} "$TARGET/debug/drover-gateway" \
+DROVER_ADMIN_PASSWORD=admin RUST_LOG=${RUST_LOG:-warn} "$GATEWAY_BIN" \
   --listen "127.0.0.1:$PORT" --store "file:$WORK/state" --data-dir "$WORK/data" \
   >"$WORK/gateway.log" 2>&1 &
 GATEWAY_PID=$!

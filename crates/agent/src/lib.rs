@@ -20,7 +20,10 @@ mod service;
 mod shipping;
 
 pub use external::{ExternalConfig, ExternalPlugin, PluginCommand, PluginsDir};
-pub use heartbeat::{DEFAULT_HEARTBEAT_INTERVAL, Heartbeat, HeartbeatMessage};
+pub use heartbeat::{
+    AgentIdentity, DEFAULT_HEARTBEAT_INTERVAL, Heartbeat, HeartbeatGroups, HeartbeatMessage,
+    LoadAverage, MAX_BEATS_PER_BATCH, MetricSource,
+};
 pub use hollow::{Delayed, HollowHost, hollow_agent_name};
 pub use log::{LogLevel, LogRecord, LogSink, LogStream, discard_logs};
 pub use plugin::{DryRun, OperationEnv, Plugin, PluginFuture, PluginOutput, PluginRegistry};

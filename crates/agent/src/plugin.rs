@@ -68,9 +68,16 @@ pub trait Plugin: Send + Sync {
 /// Succeeds without running anything: the operation of a dry-run execution.
 pub struct DryRun;
 
+impl DryRun {
+    /// What every dry-run operation reports.
+    pub fn output() -> PluginOutput {
+        PluginOutput::succeeded(Value::Null)
+    }
+}
+
 impl Plugin for DryRun {
     fn run<'a>(&'a self, _task: &'a OperationTask, _env: &'a OperationEnv) -> PluginFuture<'a> {
-        Box::pin(async { PluginOutput::succeeded(Value::Null) })
+        Box::pin(async { DryRun::output() })
     }
 }
 

@@ -1,9 +1,9 @@
 //! The operation runner: task in, result out.
 //!
 //! It is the one entry point for both the embedded mode (`drover local` calls it in-process)
-//! and the agent (issue 4 calls it for each task consumed from the bus). Layers, outermost
-//! first: deduplication of re-sent tasks (`TaskMemo`), dry run, then the plugin the task
-//! names.
+//! and the agent (for each task consumed from the bus). Layers, outermost first: dry run
+//! (answered at once: it runs nothing, so a repeat needs no memory of it), deduplication of
+//! re-sent tasks (`TaskMemo`), then the plugin the task names.
 
 use std::io;
 use std::path::PathBuf;
@@ -12,7 +12,7 @@ use drover_model::{OperationTask, TaskResult};
 
 use crate::log::LogSink;
 use crate::memo::TaskMemo;
-use crate::plugin::{DryRun, OperationEnv, Plugin, PluginOutput, PluginRegistry};
+use crate::plugin::{DryRun, OperationEnv, PluginOutput, PluginRegistry};
 
 /// How many task results a runner remembers unless told otherwise.
 pub const DEFAULT_REMEMBERED_TASKS: usize = 10_000;
@@ -76,32 +76,40 @@ impl OperationRunner {
     /// Runs `task`, or answers with the first result when the same task (id and attempt) was
     /// already run or is running.
     pub async fn run(&self, task: OperationTask) -> TaskResult {
+        if let Some(result) = Self::answer_now(&task) {
+            return result;
+        }
         let slot = self.memo.slot((task.task_id.clone(), task.attempt));
         slot.get_or_init(|| self.execute(&task)).await.clone()
     }
 
+    /// The result of a task that runs nothing (a dry run), without waiting or remembering it:
+    /// what lets the agent answer such tasks in its consuming loop.
+    pub fn answer_now(task: &OperationTask) -> Option<TaskResult> {
+        task.dry_run.then(|| result_of(task, DryRun::output()))
+    }
+
     async fn execute(&self, task: &OperationTask) -> TaskResult {
-        let output = if task.dry_run {
-            DryRun.run(task, &self.env).await
-        } else {
-            let name = PluginRegistry::plugin_name(task);
-            match self.plugins.get(name) {
-                Some(plugin) => plugin.run(task, &self.env).await,
-                None => PluginOutput::failed(
-                    format!(
-                        "no plugin named {name:?} on this agent (operation {}, implementation \
-                         {:?})",
-                        task.operation, task.implementation
-                    ),
-                    false,
+        let name = PluginRegistry::plugin_name(task);
+        let output = match self.plugins.get(name) {
+            Some(plugin) => plugin.run(task, &self.env).await,
+            None => PluginOutput::failed(
+                format!(
+                    "no plugin named {name:?} on this agent (operation {}, implementation {:?})",
+                    task.operation, task.implementation
                 ),
-            }
+                false,
+            ),
         };
-        TaskResult {
-            task_id: task.task_id.clone(),
-            execution_id: task.execution_id.clone(),
-            outcome: output.outcome,
-            runtime_properties: output.runtime_properties,
-        }
+        result_of(task, output)
+    }
+}
+
+fn result_of(task: &OperationTask, output: PluginOutput) -> TaskResult {
+    TaskResult {
+        task_id: task.task_id.clone(),
+        execution_id: task.execution_id.clone(),
+        outcome: output.outcome,
+        runtime_properties: output.runtime_properties,
     }
 }

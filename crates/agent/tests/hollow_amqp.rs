@@ -49,12 +49,14 @@ async fn two_hundred_hollow_agents_heartbeat_without_backlog() {
         let seen_tx = seen_tx.clone();
         tokio::spawn(async move {
             while let Ok(delivery) = monitor.next().await {
-                let beat =
-                    codec::decode_heartbeat(&delivery.message.body).expect("a heartbeat body");
-                let age = now_ms().saturating_sub(beat.sent_at_ms);
+                let beats =
+                    codec::decode_heartbeats(&delivery.message.body).expect("a heartbeat body");
                 delivery.ack().await.expect("ack");
-                if seen_tx.send((shard, beat, age)).is_err() {
-                    break;
+                for beat in beats {
+                    let age = now_ms().saturating_sub(beat.sent_at_ms);
+                    if seen_tx.send((shard, beat, age)).is_err() {
+                        return;
+                    }
                 }
             }
         });
@@ -194,8 +196,8 @@ async fn the_hollow_command_answers_each_agents_tasks_and_heartbeats_for_each() 
         let poll = Duration::from_millis(100);
         while let Ok(delivery) = tokio::time::timeout(poll, monitor.next()).await {
             let delivery = delivery.unwrap();
-            let beat = codec::decode_heartbeat(&delivery.message.body).unwrap();
-            heard.insert(beat.agent);
+            let beats = codec::decode_heartbeats(&delivery.message.body).unwrap();
+            heard.extend(beats.into_iter().map(|beat| beat.agent));
             delivery.ack().await.unwrap();
         }
     }

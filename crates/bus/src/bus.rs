@@ -78,13 +78,20 @@ pub trait Bus: Send + Sync {
     /// Starts consuming a declared queue.
     async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Consumer>;
 
-    /// Publishes every message, then awaits all their confirms.
-    async fn publish_batch(&self, messages: Vec<(Route, Message)>) -> Result<()> {
+    /// Publishes every message and returns their confirms, in order, to await (or not) as the
+    /// caller likes. An implementation may send them together (one lock, one wake-up per
+    /// queue).
+    async fn publish_each(&self, messages: Vec<(Route, Message)>) -> Result<Vec<Confirm>> {
         let mut confirms = Vec::with_capacity(messages.len());
         for (route, message) in messages {
             confirms.push(self.publish(&route, message).await?);
         }
-        try_join_all(confirms).await?;
+        Ok(confirms)
+    }
+
+    /// Publishes every message, then awaits all their confirms.
+    async fn publish_batch(&self, messages: Vec<(Route, Message)>) -> Result<()> {
+        try_join_all(self.publish_each(messages).await?).await?;
         Ok(())
     }
 }

@@ -77,13 +77,33 @@ impl Bus for MemoryBus {
 
     async fn publish(&self, route: &Route, message: Message) -> Result<Confirm> {
         topology::check_publish(&self.topology, route, &message)?;
-        let result = self.lock().publish(&Stored {
-            message,
-            exchange: route.exchange.clone(),
-            routing_key: route.routing_key.clone(),
-            redelivered: false,
-        });
+        let result = self.lock().publish(Stored::new(route, message));
         Ok(Confirm::ready(result))
+    }
+
+    /// One lock for the whole batch, and consumers are woken once per queue, not per message.
+    async fn publish_each(&self, messages: Vec<(Route, Message)>) -> Result<Vec<Confirm>> {
+        for (route, message) in &messages {
+            topology::check_publish(&self.topology, route, message)?;
+        }
+        let mut broker = self.lock();
+        let mut woken: Vec<Arc<Notify>> = Vec::new();
+        let mut confirms = Vec::with_capacity(messages.len());
+        for (route, message) in messages {
+            let enqueued = broker.enqueue(Stored::new(&route, message)).map(|arrived| {
+                for notify in arrived {
+                    if !woken.iter().any(|w| Arc::ptr_eq(w, &notify)) {
+                        woken.push(notify);
+                    }
+                }
+            });
+            confirms.push(Confirm::ready(enqueued));
+        }
+        drop(broker);
+        for notify in woken {
+            notify.notify_waiters();
+        }
+        Ok(confirms)
     }
 
     async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Consumer> {
@@ -160,6 +180,17 @@ struct Stored {
     redelivered: bool,
 }
 
+impl Stored {
+    fn new(route: &Route, message: Message) -> Self {
+        Stored {
+            message,
+            exchange: route.exchange.clone(),
+            routing_key: route.routing_key.clone(),
+            redelivered: false,
+        }
+    }
+}
+
 struct ConsumerState {
     queue: String,
     prefetch: usize,
@@ -218,21 +249,36 @@ impl Broker {
         })
     }
 
-    fn publish(&mut self, stored: &Stored) -> Result<()> {
-        let queues = self.route(&stored.exchange, &stored.routing_key)?;
-        if queues.is_empty() {
-            return Err(BusError::Unroutable {
-                exchange: stored.exchange.clone(),
-                routing_key: stored.routing_key.clone(),
-            });
+    fn publish(&mut self, stored: Stored) -> Result<()> {
+        for arrived in self.enqueue(stored)? {
+            arrived.notify_waiters();
         }
+        Ok(())
+    }
+
+    /// Puts a message on every queue its route reaches; returns their consumers' wake-ups for
+    /// the caller to notify.
+    fn enqueue(&mut self, stored: Stored) -> Result<Vec<Arc<Notify>>> {
+        let mut queues = self.route(&stored.exchange, &stored.routing_key)?;
+        let Some(last) = queues.pop() else {
+            return Err(BusError::Unroutable {
+                exchange: stored.exchange,
+                routing_key: stored.routing_key,
+            });
+        };
+        let mut arrived = Vec::with_capacity(queues.len() + 1);
         for queue in queues {
             if let Some(q) = self.queues.get_mut(&queue) {
                 q.ready.push_back(stored.clone());
-                q.arrived.notify_waiters();
+                arrived.push(q.arrived.clone());
             }
         }
-        Ok(())
+        // The last queue takes the message itself: most routes reach one queue, no copy.
+        if let Some(q) = self.queues.get_mut(&last) {
+            q.ready.push_back(stored);
+            arrived.push(q.arrived.clone());
+        }
+        Ok(arrived)
     }
 
     /// Hands the consumer the next ready message, unless it holds `prefetch` already.
@@ -397,7 +443,7 @@ impl Settle for MemorySettle {
             .and_then(|q| q.dead_letter_exchange.clone())
         {
             // As RabbitMQ does: to the queue's dead-letter exchange, with the original key.
-            let _unroutable_is_dropped = broker.publish(&Stored {
+            let _unroutable_is_dropped = broker.publish(Stored {
                 exchange,
                 redelivered: false,
                 ..stored
@@ -409,7 +455,7 @@ impl Settle for MemorySettle {
     async fn dead_letter(&self, copy: Message) -> Result<()> {
         let mut broker = lock(&self.broker);
         let stored = broker.settle(self.consumer, self.tag)?;
-        let published = broker.publish(&Stored {
+        let published = broker.publish(Stored {
             message: copy,
             exchange: self.dead_letter_exchange.clone(),
             routing_key: String::new(),

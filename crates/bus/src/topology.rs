@@ -72,7 +72,7 @@ pub struct QueueSpec {
 }
 
 /// Where a message goes: an exchange and a routing key, and whether it is persisted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Route {
     /// The empty string is the default exchange, which routes to the queue named by the key.
     pub exchange: String,

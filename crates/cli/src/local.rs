@@ -17,9 +17,12 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use drover_bus::{MemoryBus, Topology};
 use drover_model::{ExecutionStatus, Map};
+use drover_provisioning::Provisioner;
 use drover_store::{FileStore, StateStore};
+use drover_workflow::NewDeployment;
 use drover_workflow::{
-    BusDispatcher, CancelMode, Canceller, Engine, InProcessDispatcher, NoRunner, RunOptions,
+    BusDispatcher, CancelMode, Canceller, Engine, InProcessDispatcher, NoRunner, ProvisionConfig,
+    ProvisioningDispatcher, RunOptions, remote_provisioner,
 };
 
 use crate::{Failure, inputs};
@@ -111,10 +114,17 @@ pub struct RunArgs {
     /// Seconds between retries (unless the operation sets retry_interval).
     #[arg(long, default_value_t = 1.0)]
     task_retry_interval: f64,
+    /// Get Compute servers from drover-provisioner (http://HOST:PORT) instead of the
+    /// in-process `sim` cloud; operations still run in this process.
+    #[arg(long, value_name = "URL")]
+    provisioner_url: Option<String>,
 }
 
 pub fn run(command: LocalCommand) -> Result<(), Failure> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread: the engine and the in-process agent pass every task and result to each
+    // other, which on one thread costs a queue push instead of waking another thread; scripts
+    // run as processes and the blocking pool still serves their `ctx` calls.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
@@ -156,11 +166,9 @@ async fn run_async(command: LocalCommand) -> Result<(), Failure> {
             local
                 .engine
                 .create_deployment(
-                    DEPLOYMENT,
-                    &blueprint_id,
-                    plan,
-                    inputs,
-                    dir.map(|d| d.display().to_string()),
+                    NewDeployment::new(DEPLOYMENT, &blueprint_id, plan)
+                        .inputs(inputs)
+                        .blueprint_dir(dir.map(|d| d.display().to_string())),
                 )
                 .map_err(|e| Failure::Invalid(e.to_string()))?;
             local.execute("install", Map::new(), &run).await
@@ -260,7 +268,7 @@ const OWNER: &str = "local";
 
 /// The embedded engine over one state directory, and its agent.
 struct Local {
-    engine: Engine<BusDispatcher>,
+    engine: Engine<ProvisioningDispatcher<BusDispatcher>>,
     state_dir: PathBuf,
     agent: tokio::task::JoinHandle<()>,
 }
@@ -281,6 +289,13 @@ impl Local {
         let dispatcher = BusDispatcher::start(bus, OWNER)
             .await
             .context("starting the dispatcher")?;
+        let provisioner = match &run.provisioner_url {
+            Some(url) => remote_provisioner(url, ProvisionConfig::default().batch_size)
+                .context("--provisioner-url")?,
+            None => Provisioner::in_memory(),
+        };
+        let dispatcher =
+            ProvisioningDispatcher::new(dispatcher, Some(provisioner), ProvisionConfig::default());
         Ok(Local {
             engine: Engine::new(store, dispatcher),
             state_dir,
@@ -345,7 +360,7 @@ impl Local {
         // what a resume needs, and 10,000 instances make 200,000 events.
         let options = RunOptions {
             parallelism: run.parallelism,
-            store_events: false,
+            keep_events: false,
         };
         let interrupts = tokio::spawn(cancel_on_interrupt(canceller));
         let result = self

@@ -1,11 +1,13 @@
 //! `drover`: the command line.
 //!
-//! Exit statuses: 0 success, 1 an invalid blueprint or a failed workflow (the reason on stderr),
-//! 2 a usage error (clap's), 3 anything else that went wrong (an unreadable inputs file …).
+//! Exit statuses: 0 success, 1 an invalid blueprint or a failed workflow, local or on a manager
+//! (the reason on stderr), 2 a usage error (clap's), 3 anything else that went wrong (an
+//! unreadable inputs file, a manager that cannot be reached …).
 
 mod blueprint;
 mod inputs;
 mod local;
+mod remote;
 
 use std::process::ExitCode;
 
@@ -30,6 +32,24 @@ enum Command {
     /// Run a deployment in this process: install, uninstall, execute workflows, resume.
     #[command(subcommand)]
     Local(local::LocalCommand),
+    /// Which manager the remote commands use, and as whom.
+    #[command(subcommand)]
+    Profiles(remote::ProfilesCommand),
+    /// A manager's blueprints.
+    #[command(subcommand)]
+    Blueprints(remote::BlueprintsCommand),
+    /// A manager's deployments.
+    #[command(subcommand)]
+    Deployments(remote::DeploymentsCommand),
+    /// Workflow executions on a manager.
+    #[command(subcommand)]
+    Executions(remote::ExecutionsCommand),
+    /// Events and logs of executions on a manager.
+    #[command(subcommand)]
+    Events(remote::EventsCommand),
+    /// Node instances on a manager.
+    #[command(subcommand)]
+    NodeInstances(remote::NodeInstancesCommand),
 }
 
 /// The outcome of a command that did not succeed.
@@ -58,6 +78,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Blueprint(cmd) => blueprint::run(cmd),
         Command::Local(cmd) => local::run(cmd),
+        Command::Profiles(cmd) => remote::profiles(cmd),
+        Command::Blueprints(cmd) => remote::run(remote::Remote::Blueprints(cmd)),
+        Command::Deployments(cmd) => remote::run(remote::Remote::Deployments(cmd)),
+        Command::Executions(cmd) => remote::run(remote::Remote::Executions(cmd)),
+        Command::Events(cmd) => remote::run(remote::Remote::Events(cmd)),
+        Command::NodeInstances(cmd) => remote::run(remote::Remote::NodeInstances(cmd)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,10 +9,12 @@ const DROVER: &str = env!("CARGO_BIN_EXE_drover");
 
 /// A blueprint whose operations log "start"/"end" lines to `log` ("end ID OP EPOCH_MS"); "end"
 /// is written only after a `ctx` call succeeds, so an operation orphaned by a killed drover
-/// never writes it.
+/// never writes it. The instance id is asked for once, first: a `ctx` call inside the "end"
+/// line would not stop the script under `set -e` and, if drover died just then, would log an
+/// end without an id.
 fn write_blueprint(dir: &Path, log: &Path, sleep_s: f64) {
     let script = format!(
-        "#!/bin/bash\nset -e\necho \"start $(ctx instance id) $op\" >> {log}\nsleep {sleep_s}\nctx instance runtime-properties \"${{op}}_done\" true\necho \"end $(ctx instance id) $op $(date +%s%3N)\" >> {log}\n",
+        "#!/bin/bash\nset -e\nid=$(ctx instance id)\necho \"start $id $op\" >> {log}\nsleep {sleep_s}\nctx instance runtime-properties \"${{op}}_done\" true\necho \"end $id $op $(date +%s%3N)\" >> {log}\n",
         log = log.display()
     );
     std::fs::write(dir.join("op.sh"), script).unwrap();
@@ -280,7 +282,7 @@ fn the_scale_blueprint_installs_in_relationship_order() {
     let mut checked = 0;
     for app in instances.iter().filter(|i| i["node_id"] == "app") {
         let id = app["id"].as_str().unwrap();
-        let first_sent = *positions(id, "task_sent").first().unwrap();
+        let first_sent = *positions(id, "sending_task").first().unwrap();
         for rel in app["relationships"].as_array().unwrap() {
             let target = rel["target_id"].as_str().unwrap();
             let last_done = *positions(target, "task_succeeded").last().unwrap();

@@ -8,7 +8,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::registry::Registry;
 
 /// The tenant a request without a `Tenant` header works in.
-pub const DEFAULT_TENANT: &str = "default_tenant";
+pub use drover_store::DEFAULT_TENANT;
 
 /// The admin user's credentials.
 #[derive(Clone)]

@@ -80,6 +80,8 @@ impl From<drover_store::StoreError> for ApiError {
             StoreError::InvalidId(_) | StoreError::InvalidCursor(_) => {
                 ApiError::bad_request(e.to_string())
             }
+            // Clients retry a 503; the state is intact.
+            StoreError::Unavailable(_) => ApiError::unavailable(format!("state store: {e}")),
             other => {
                 tracing::error!(error = %other, "state store failed");
                 ApiError::internal(format!("state store: {other}"))
@@ -89,3 +91,20 @@ impl From<drover_store::StoreError> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use drover_store::StoreError;
+
+    use super::*;
+
+    /// A store that cannot answer now is a 503 (clients retry it); one that failed is a 500.
+    #[test]
+    fn store_errors_map_to_their_status() {
+        let unavailable = ApiError::from(StoreError::Unavailable("search: 503".into()));
+        assert_eq!(unavailable.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(unavailable.code, "service_unavailable_error");
+        let failed = ApiError::from(StoreError::OpenSearch("search: 400".into()));
+        assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

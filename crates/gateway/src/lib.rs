@@ -3,12 +3,15 @@
 //!
 //! [`Gateway`] holds the backends: the state store and the event index (read directly), the
 //! workflow service behind the [`Workflows`] trait (gRPC, or an in-process engine), and the
-//! gateway's own [`Registry`] (which tenant owns what, secrets, tokens). [`filter`] is the warp
+//! gateway's own [`Registry`] (which tenant owns what, tokens). Secrets are in the state store,
+//! where the engine's `get_secret` reads them. [`filter`] is the warp
 //! filter that serves it; `routes::ROUTES` is the one table of what it serves, which the
 //! OpenAPI document (`openapi.json`, served at `/api/v3.1/openapi.json`) must match.
 //!
 //! Replicas: the gateway keeps no request state in memory, but the registry is a file under
-//! the data directory, as are uploaded blueprints, so replicas must share that directory.
+//! the data directory (shared by the processes under a file lock, reloaded when another one
+//! changed it), as are uploaded blueprints, so replicas on one machine share that directory;
+//! replicas on several machines need ownership and tokens in the state store too (not done).
 
 mod api;
 pub mod archive;
@@ -40,7 +43,8 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 #[derive(Debug, Clone)]
 pub struct Config {
     pub admin: auth::Credentials,
-    /// Where uploaded blueprints are unpacked (`blueprints/<id>/`) and the registry lives.
+    /// Where uploaded blueprints are unpacked (`blueprints/<id>/`) and the registry
+    /// (ownership, tokens) lives.
     pub data_dir: PathBuf,
     /// Largest request body (a blueprint archive), in bytes.
     pub max_archive_bytes: u64,

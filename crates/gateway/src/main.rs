@@ -30,7 +30,8 @@ struct Args {
     /// in dry-run: no operation runs.
     #[arg(long, env = "DROVER_WORKFLOW_GRPC")]
     workflow_grpc: Option<String>,
-    /// Where uploaded blueprints and the gateway's registry (tenants, secrets, tokens) live.
+    /// Where uploaded blueprints and the gateway's registry (which tenant owns what, tokens)
+    /// live; secrets are in --store.
     #[arg(
         long,
         env = "DROVER_GATEWAY_DATA_DIR",

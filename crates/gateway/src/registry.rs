@@ -1,10 +1,14 @@
-//! What the gateway itself keeps: which tenant owns each blueprint and deployment, secrets and
-//! API tokens. The state store has no notion of tenants, so the gateway records ownership here
-//! and hides from a tenant whatever another one owns.
+//! What the gateway alone keeps: which tenant owns each blueprint and deployment, and API
+//! tokens. The state store has no notion of tenants, so the gateway records ownership here and
+//! hides from a tenant whatever another one owns. Secrets are not here: the engine reads them
+//! too (`get_secret`), so they live in the state store ([`drover_store::StateStore::put_secret`]).
 //!
-//! [`FileRegistry`] keeps everything in one JSON file (mode 0600: it holds secrets) under the
-//! data directory, rewritten atomically on each change. Replicas of the gateway sharing it must
-//! share the directory; see the crate doc.
+//! This file stays because nothing but the gateway reads ownership and tokens, and gateways on
+//! one machine share it (below); replicas on several machines would need these records in the
+//! state store too (not done).
+//!
+//! [`FileRegistry`] keeps everything in one JSON file (mode 0600: it holds token secrets) under
+//! the data directory, rewritten atomically on each change.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -46,26 +50,6 @@ impl Kind {
     }
 }
 
-/// A secret: its value never appears in `Debug` output (so never in logs).
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-pub struct Secret {
-    pub key: String,
-    pub value: String,
-    pub created_at: String,
-    pub updated_at: String,
-    pub visibility: String,
-    pub is_hidden_value: bool,
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Secret")
-            .field("key", &self.key)
-            .field("value", &"<hidden>")
-            .finish()
-    }
-}
-
 /// An API token; the value is `ctok-<id>-<secret>`.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Token {
@@ -93,8 +77,6 @@ impl Token {
 struct State {
     /// `blueprint/<id>` or `deployment/<id>` → tenant.
     owners: BTreeMap<String, String>,
-    /// tenant → key → secret.
-    secrets: BTreeMap<String, BTreeMap<String, Secret>>,
     tokens: BTreeMap<String, Token>,
 }
 
@@ -108,73 +90,129 @@ pub trait Registry: Send + Sync {
     /// Ids of a kind a tenant owns.
     fn owned(&self, kind: Kind, tenant: &str) -> Result<Vec<String>, RegistryError>;
 
-    fn secret(&self, tenant: &str, key: &str) -> Result<Option<Secret>, RegistryError>;
-    fn secrets(&self, tenant: &str) -> Result<Vec<Secret>, RegistryError>;
-    fn put_secret(&self, tenant: &str, secret: Secret) -> Result<(), RegistryError>;
-    /// Whether it existed.
-    fn delete_secret(&self, tenant: &str, key: &str) -> Result<bool, RegistryError>;
-
     fn put_token(&self, token: Token) -> Result<(), RegistryError>;
     fn token(&self, id: &str) -> Result<Option<Token>, RegistryError>;
     fn tokens(&self, username: &str) -> Result<Vec<Token>, RegistryError>;
     fn delete_token(&self, id: &str) -> Result<bool, RegistryError>;
 }
 
-/// [`Registry`] in one JSON file.
+/// [`Registry`] in one JSON file. Gateway processes sharing the data directory share it: a
+/// change is made under an exclusive lock on `gateway-registry.lock`, on the file as it is on
+/// disk then, and written by rename; a read first reloads the file if another process replaced
+/// it since (a `stat` per call). So a blueprint claimed through one replica is seen through the
+/// others at once, and concurrent changes through two replicas both stay. The directory must be
+/// on one machine's file system (no file locks over NFS).
 pub struct FileRegistry {
     path: PathBuf,
-    state: Mutex<State>,
+    lock_path: PathBuf,
+    cached: Mutex<Cached>,
+}
+
+/// The registry as last read, and which version of the file that was.
+struct Cached {
+    state: State,
+    stamp: Option<Stamp>,
+}
+
+/// A version of the file: each write renames a new file into place, so a new inode, and the
+/// modification time and length besides.
+type Stamp = (u64, std::time::SystemTime, u64);
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError {
+    let path = path.display().to_string();
+    move |source| RegistryError::Io { path, source }
+}
+
+fn stamp(path: &Path) -> Result<Option<Stamp>, RegistryError> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(Some((
+            m.ino(),
+            m.modified().map_err(io_error(path))?,
+            m.len(),
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error(path)(e)),
+    }
+}
+
+fn load(path: &Path) -> Result<State, RegistryError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| RegistryError::Corrupt {
+            path: path.display().to_string(),
+            source,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+        Err(e) => Err(io_error(path)(e)),
+    }
 }
 
 impl FileRegistry {
     pub fn open(dir: &Path) -> Result<FileRegistry, RegistryError> {
-        let io = |path: &Path| {
-            let path = path.display().to_string();
-            move |source| RegistryError::Io { path, source }
+        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let registry = FileRegistry {
+            path: dir.join("gateway-registry.json"),
+            lock_path: dir.join("gateway-registry.lock"),
+            cached: Mutex::new(Cached {
+                state: State::default(),
+                stamp: None,
+            }),
         };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let path = dir.join("gateway-registry.json");
-        let state = match std::fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|source| RegistryError::Corrupt {
-                    path: path.display().to_string(),
-                    source,
-                })?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
-            Err(e) => return Err(io(&path)(e)),
-        };
-        Ok(FileRegistry {
-            path,
-            state: Mutex::new(state),
-        })
+        registry.read(|_| ())?;
+        Ok(registry)
+    }
+
+    /// Reloads the file when it is not the version cached.
+    fn refresh(&self, cached: &mut Cached) -> Result<(), RegistryError> {
+        let now = stamp(&self.path)?;
+        if now.is_none() || now != cached.stamp {
+            cached.state = load(&self.path)?;
+            cached.stamp = now;
+        }
+        Ok(())
     }
 
     fn read<T>(&self, f: impl FnOnce(&State) -> T) -> Result<T, RegistryError> {
-        Ok(f(&self.state.lock().unwrap_or_else(|p| p.into_inner())))
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        self.refresh(&mut cached)?;
+        Ok(f(&cached.state))
     }
 
-    /// Applies a change and writes the file (temporary file, fsync, rename) before returning.
+    /// Applies a change to the file as it is now and writes it (temporary file, fsync,
+    /// rename), under the lock file, before returning.
     fn write<T>(&self, f: impl FnOnce(&mut State) -> T) -> Result<T, RegistryError> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let out = f(&mut state);
-        let tmp = self.path.with_extension("json.tmp");
-        let io = |source| RegistryError::Io {
-            path: tmp.display().to_string(),
-            source,
-        };
-        let bytes = serde_json::to_vec(&*state).map_err(|e| io(e.into()))?;
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock_path)
+            .map_err(io_error(&self.lock_path))?;
+        lock.lock().map_err(io_error(&self.lock_path))?;
+        self.refresh(&mut cached)?;
+        let out = f(&mut cached.state);
+        let tmp = self
+            .path
+            .with_extension(format!("json.{}.tmp", std::process::id()));
+        let io = io_error(&tmp);
+        let bytes = serde_json::to_vec(&cached.state).map_err(|e| io(e.into()))?;
         {
             use std::io::Write;
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(&tmp).map_err(io)?;
-            file.write_all(&bytes).map_err(io)?;
-            file.sync_all().map_err(io)?;
+            use std::os::unix::fs::OpenOptionsExt;
+            let io = io_error(&tmp);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io_error(&tmp))?;
+            file.write_all(&bytes)
+                .and_then(|()| file.sync_all())
+                .map_err(io)?;
         }
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        std::fs::rename(&tmp, &self.path).map_err(io_error(&self.path))?;
+        cached.stamp = stamp(&self.path)?;
         Ok(out)
     }
 }
@@ -212,39 +250,6 @@ impl Registry for FileRegistry {
                 .filter(|(k, t)| t.as_str() == tenant && k.starts_with(&prefix))
                 .map(|(k, _)| k[prefix.len()..].to_owned())
                 .collect()
-        })
-    }
-
-    fn secret(&self, tenant: &str, key: &str) -> Result<Option<Secret>, RegistryError> {
-        self.read(|s| s.secrets.get(tenant).and_then(|m| m.get(key)).cloned())
-    }
-
-    fn secrets(&self, tenant: &str) -> Result<Vec<Secret>, RegistryError> {
-        self.read(|s| {
-            s.secrets
-                .get(tenant)
-                .map(|m| m.values().cloned().collect())
-                .unwrap_or_default()
-        })
-    }
-
-    fn put_secret(&self, tenant: &str, secret: Secret) -> Result<(), RegistryError> {
-        self.write(|s| {
-            s.secrets
-                .entry(tenant.to_owned())
-                .or_default()
-                .insert(secret.key.clone(), secret);
-        })
-    }
-
-    fn delete_secret(&self, tenant: &str, key: &str) -> Result<bool, RegistryError> {
-        if self.secret(tenant, key)?.is_none() {
-            return Ok(false);
-        }
-        self.write(|s| {
-            s.secrets
-                .get_mut(tenant)
-                .is_some_and(|m| m.remove(key).is_some())
         })
     }
 
@@ -289,23 +294,34 @@ mod tests {
             r.claim(Kind::Blueprint, "bp", "b").unwrap(),
             Some("a".into())
         );
-        let secret = Secret {
-            key: "k".into(),
-            value: "v".into(),
-            created_at: "t".into(),
-            updated_at: "t".into(),
-            visibility: "tenant".into(),
-            is_hidden_value: false,
-        };
-        r.put_secret("a", secret.clone()).unwrap();
-        assert!(!format!("{secret:?}").contains("\"v\""));
         let r = FileRegistry::open(dir.path()).unwrap();
         assert_eq!(
             r.owned(Kind::Blueprint, "a").unwrap(),
             vec!["bp".to_owned()]
         );
         assert!(r.owned(Kind::Blueprint, "b").unwrap().is_empty());
-        assert_eq!(r.secret("a", "k").unwrap(), Some(secret));
-        assert_eq!(r.secret("b", "k").unwrap(), None);
+    }
+
+    #[test]
+    fn replicas_sharing_the_directory_see_and_keep_each_others_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = FileRegistry::open(dir.path()).unwrap();
+        let b = FileRegistry::open(dir.path()).unwrap();
+        assert_eq!(a.claim(Kind::Blueprint, "bp", "t1").unwrap(), None);
+        assert_eq!(a.owner(Kind::Blueprint, "bp").unwrap(), Some("t1".into()));
+        assert_eq!(b.owner(Kind::Blueprint, "bp").unwrap(), Some("t1".into()));
+        assert_eq!(
+            b.claim(Kind::Blueprint, "bp", "t2").unwrap(),
+            Some("t1".into())
+        );
+        assert_eq!(b.claim(Kind::Deployment, "d", "t1").unwrap(), None);
+        assert_eq!(a.claim(Kind::Deployment, "e", "t1").unwrap(), None);
+        for r in [&a, &b] {
+            let mut owned = r.owned(Kind::Deployment, "t1").unwrap();
+            owned.sort();
+            assert_eq!(owned, ["d", "e"]);
+        }
+        a.release(Kind::Blueprint, "bp").unwrap();
+        assert_eq!(b.owner(Kind::Blueprint, "bp").unwrap(), None);
     }
 }

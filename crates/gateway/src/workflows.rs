@@ -4,13 +4,16 @@
 //! dry-run, for tests and for a gateway started without `--workflow-grpc`.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use drover_model::{Execution, ExecutionStatus, Map, Plan};
 use drover_proto::drover::workflow::v1 as pb;
 use drover_store::{EventIndex, EventRecord, StateStore};
-use drover_workflow::{CancelMode, Canceller, Engine, InProcessDispatcher, NoRunner, Observer};
+use drover_workflow::{
+    CancelMode, Canceller, Engine, InProcessDispatcher, NewDeployment, NoRunner, Observer,
+};
 
 /// Why the workflow service refused or failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,12 +33,16 @@ pub enum WorkflowError {
 /// What the gateway needs from the workflow service.
 #[async_trait]
 pub trait Workflows: Send + Sync {
-    /// Stores a deployment of a plan, its node instances `uninitialized`.
+    /// Stores a deployment of a plan in a tenant, its node instances `uninitialized`.
+    /// `main_file` is the plan's blueprint file as the gateway unpacked it: operations read
+    /// their scripts and resources beside it.
     async fn create_deployment(
         &self,
+        tenant: &str,
         id: &str,
         blueprint_id: &str,
         plan: &Plan,
+        main_file: &Path,
         inputs: &Map,
     ) -> Result<(), WorkflowError>;
     async fn delete_deployment(&self, id: &str) -> Result<(), WorkflowError>;
@@ -53,9 +60,11 @@ pub trait Workflows: Send + Sync {
     async fn resume_execution(&self, id: &str) -> Result<Execution, WorkflowError>;
 }
 
+type Client = pb::workflow_client::WorkflowClient<tonic::transport::Channel>;
+
 /// The workflow service over gRPC.
 pub struct GrpcWorkflows {
-    client: pb::workflow_client::WorkflowClient<tonic::transport::Channel>,
+    client: Client,
 }
 
 impl GrpcWorkflows {
@@ -64,8 +73,20 @@ impl GrpcWorkflows {
         let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
             .map_err(|e| WorkflowError::Unavailable(format!("bad URL {url:?}: {e}")))?;
         Ok(GrpcWorkflows {
-            client: pb::workflow_client::WorkflowClient::new(endpoint.connect_lazy()),
+            client: Client::new(endpoint.connect_lazy()),
         })
+    }
+
+    /// One call on a copy of the client (tonic's calls take it mutably; copies share the
+    /// channel): the answer, or its status as a [`WorkflowError`].
+    async fn call<T, F>(&self, call: impl FnOnce(Client) -> F) -> Result<T, WorkflowError>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        call(self.client.clone())
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(from_status)
     }
 }
 
@@ -110,26 +131,32 @@ fn execution_from_pb(e: pb::Execution) -> Result<Execution, WorkflowError> {
 
 #[async_trait]
 impl Workflows for GrpcWorkflows {
+    /// Sends the blueprint's path, not the plan: the service plans it again there (same inputs),
+    /// and so knows the directory its agents read scripts from. The gateway's data directory
+    /// must be readable at that path by the service and the agents (one machine, or a shared
+    /// volume).
     async fn create_deployment(
         &self,
+        tenant: &str,
         id: &str,
         blueprint_id: &str,
-        plan: &Plan,
+        _plan: &Plan,
+        main_file: &Path,
         inputs: &Map,
     ) -> Result<(), WorkflowError> {
-        let plan_json = serde_json::to_string(plan)
-            .map_err(|e| WorkflowError::Invalid(format!("plan: {e}")))?;
+        let path = std::path::absolute(main_file)
+            .map_err(|e| WorkflowError::Invalid(format!("{}: {e}", main_file.display())))?;
         let request = pb::CreateDeploymentRequest {
             deployment_id: id.to_owned(),
             blueprint_id: blueprint_id.to_owned(),
-            source: Some(pb::create_deployment_request::Source::PlanJson(plan_json)),
+            source: Some(pb::create_deployment_request::Source::BlueprintPath(
+                path.display().to_string(),
+            )),
             inputs_json: serde_json::Value::Object(inputs.clone()).to_string(),
+            tenant: tenant.to_owned(),
         };
-        self.client
-            .clone()
-            .create_deployment(request)
-            .await
-            .map_err(from_status)?;
+        self.call(|mut c| async move { c.create_deployment(request).await })
+            .await?;
         Ok(())
     }
 
@@ -137,11 +164,8 @@ impl Workflows for GrpcWorkflows {
         let request = pb::DeleteDeploymentRequest {
             deployment_id: id.to_owned(),
         };
-        self.client
-            .clone()
-            .delete_deployment(request)
-            .await
-            .map_err(from_status)?;
+        self.call(|mut c| async move { c.delete_deployment(request).await })
+            .await?;
         Ok(())
     }
 
@@ -150,12 +174,8 @@ impl Workflows for GrpcWorkflows {
             deployment_id: deployment_id.to_owned(),
         };
         let deployment = self
-            .client
-            .clone()
-            .get_deployment(request)
-            .await
-            .map_err(from_status)?
-            .into_inner();
+            .call(|mut c| async move { c.get_deployment(request).await })
+            .await?;
         json_map(&deployment.outputs_json, "outputs_json")
     }
 
@@ -173,12 +193,9 @@ impl Workflows for GrpcWorkflows {
             dry_run,
         };
         let e = self
-            .client
-            .clone()
-            .start_execution(request)
-            .await
-            .map_err(from_status)?;
-        execution_from_pb(e.into_inner())
+            .call(|mut c| async move { c.start_execution(request).await })
+            .await?;
+        execution_from_pb(e)
     }
 
     async fn cancel_execution(&self, id: &str, force: bool) -> Result<Execution, WorkflowError> {
@@ -187,12 +204,9 @@ impl Workflows for GrpcWorkflows {
             force,
         };
         let e = self
-            .client
-            .clone()
-            .cancel_execution(request)
-            .await
-            .map_err(from_status)?;
-        execution_from_pb(e.into_inner())
+            .call(|mut c| async move { c.cancel_execution(request).await })
+            .await?;
+        execution_from_pb(e)
     }
 
     async fn resume_execution(&self, id: &str) -> Result<Execution, WorkflowError> {
@@ -200,12 +214,9 @@ impl Workflows for GrpcWorkflows {
             execution_id: id.to_owned(),
         };
         let e = self
-            .client
-            .clone()
-            .resume_execution(request)
-            .await
-            .map_err(from_status)?;
-        execution_from_pb(e.into_inner())
+            .call(|mut c| async move { c.resume_execution(request).await })
+            .await?;
+        execution_from_pb(e)
     }
 }
 
@@ -251,7 +262,7 @@ impl LocalWorkflows {
         let mut observer = IndexObserver::new(self.events.clone(), &execution_id);
         tokio::spawn(async move {
             let options = drover_workflow::RunOptions {
-                store_events: false,
+                keep_events: false,
                 ..Default::default()
             };
             if let Err(e) = engine
@@ -283,13 +294,20 @@ fn engine_error(e: drover_workflow::EngineError) -> WorkflowError {
 impl Workflows for LocalWorkflows {
     async fn create_deployment(
         &self,
+        tenant: &str,
         id: &str,
         blueprint_id: &str,
         plan: &Plan,
+        main_file: &Path,
         inputs: &Map,
     ) -> Result<(), WorkflowError> {
+        let dir = main_file.parent().map(|d| d.display().to_string());
+        let new = NewDeployment::new(id, blueprint_id, plan.clone())
+            .inputs(inputs.clone())
+            .blueprint_dir(dir)
+            .tenant(tenant);
         self.engine
-            .create_deployment(id, blueprint_id, plan.clone(), inputs.clone(), None)
+            .create_deployment(new)
             .map(|_| ())
             .map_err(engine_error)
     }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestGateway, basic, hello_archive, json_of};
+use common::{MINIMAL, TestGateway, basic, hello_archive, json_of, tar_gz_raw};
 use serde_json::{Value, json};
 
 const T: &str = "default_tenant";
@@ -606,6 +606,42 @@ async fn tenants_do_not_see_each_other() {
 }
 
 #[tokio::test]
+async fn a_deployment_reads_the_secrets_of_its_tenant() {
+    let gw = TestGateway::new();
+    let yaml = format!("{MINIMAL}outputs:\n  s:\n    value: {{ get_secret: s }}\n");
+    let archive = tar_gz_raw(&[
+        ("bp/", tar::EntryType::Directory, b"", None),
+        (
+            "bp/blueprint.yaml",
+            tar::EntryType::Regular,
+            yaml.as_bytes(),
+            None,
+        ),
+    ]);
+    for (tenant, value) in [("a", "in-a"), (T, "in-default")] {
+        let put = json!({"value": value});
+        let (s, _) = gw
+            .call(tenant, "PUT", "/api/v3.1/secrets/s", Some(put))
+            .await;
+        assert_eq!(s, 200);
+    }
+    assert_eq!(
+        gw.upload("a", "bp", &archive, "blueprint.yaml").await.0,
+        201
+    );
+    let create = json!({"blueprint_id": "bp"});
+    let (s, d) = gw
+        .call("a", "PUT", "/api/v3.1/deployments/d", Some(create))
+        .await;
+    assert_eq!(s, 201, "{d}");
+    let (s, outputs) = gw
+        .call("a", "GET", "/api/v3.1/deployments/d/outputs", None)
+        .await;
+    assert_eq!(s, 200, "{outputs}");
+    assert_eq!(outputs["outputs"]["s"], "in-a", "{outputs}");
+}
+
+#[tokio::test]
 async fn secrets_are_stored_and_values_shown_only_by_key() {
     let gw = TestGateway::new();
     let (s, created) = gw
@@ -654,12 +690,19 @@ async fn secrets_are_stored_and_values_shown_only_by_key() {
         200
     );
     assert!(gw.get("/api/v3.1/secrets/h").await.1.get("value").is_none());
-    let registry =
-        std::fs::read_to_string(gw.dir.path().join("data/gateway-registry.json")).unwrap();
-    assert!(
-        registry.contains("\"x\""),
-        "secrets are kept for get_secret"
+    assert_eq!(
+        gw.gateway.store.secret(T, "db").unwrap().map(|s| s.value),
+        Some("x".into()),
+        "secrets are in the state store, where get_secret reads them"
     );
+    assert!(
+        !std::fs::read_to_string(gw.dir.path().join("data/gateway-registry.json"))
+            .unwrap_or_default()
+            .contains("\"x\""),
+        "and not in the gateway's registry"
+    );
+    let (s, _) = gw.call("other", "GET", "/api/v3.1/secrets/db", None).await;
+    assert_eq!(s, 404, "another tenant's secret is not found");
     assert_eq!(
         gw.call(T, "DELETE", "/api/v3.1/secrets/db", None).await.0,
         204
@@ -806,4 +849,65 @@ async fn basic_credentials_win_over_a_stale_token() {
         200,
         "the client sends both headers when given both"
     );
+}
+
+/// Events come through ingest behind the status: a list of a just-ended execution's events
+/// waits until its end event is indexed, and gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_a_just_ended_execution_wait_for_its_end_event() {
+    let gw = TestGateway::new();
+    let (s, _) = gw
+        .upload(T, "hello", &hello_archive(), "blueprint.yaml")
+        .await;
+    assert_eq!(s, 201);
+    let create = json!({"blueprint_id": "hello"});
+    let (s, d) = gw
+        .call(T, "PUT", "/api/v3.1/deployments/d1", Some(create))
+        .await;
+    assert_eq!(s, 201, "{d}");
+    // An execution that ended now, its events still on their way.
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let execution = drover_model::Execution {
+        id: "late".into(),
+        deployment_id: "d1".into(),
+        workflow_id: "install".into(),
+        parameters: Default::default(),
+        status: drover_model::ExecutionStatus::Terminated,
+        error: String::new(),
+        created_at: now.clone(),
+        ended_at: Some(now.clone()),
+        is_dry_run: false,
+    };
+    gw.gateway.store.put_execution(&execution).unwrap();
+    let events = gw.gateway.events.clone();
+    let late = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let end = drover_model::EventRecord {
+            id: "late-end".into(),
+            level: None,
+            logger: None,
+            event: drover_model::Event {
+                event_type: "workflow_succeeded".into(),
+                context: drover_model::EventContext {
+                    deployment_id: "d1".into(),
+                    execution_id: "late".into(),
+                    workflow_id: "install".into(),
+                    ..Default::default()
+                },
+                message: Default::default(),
+                timestamp: now,
+                kind: "cloudify_event".into(),
+            },
+        };
+        events.append(&[end]).unwrap();
+    });
+    let asked = std::time::Instant::now();
+    let (s, listed) = gw.get("/api/v3.1/events?execution_id=late").await;
+    assert_eq!(s, 200, "{listed}");
+    assert!(asked.elapsed() >= std::time::Duration::from_millis(500));
+    assert_eq!(
+        listed["items"][0]["event_type"], "workflow_succeeded",
+        "{listed}"
+    );
+    late.join().unwrap();
 }

@@ -1,7 +1,8 @@
 //! drover's ingest: consumes the `ingest` queue (logs and events) and indexes them in bulk.
 //!
-//! [`Ingest::run`] takes deliveries in batches bounded by size and by time, decodes each
-//! ([`decode`]; a malformed one is dead-lettered on the bus with the reason), and hands the batch
+//! [`Ingest::run`] takes deliveries in batches bounded by size and by time, decodes each (one
+//! record or a batch of them, [`decode`]; a malformed message is dead-lettered on the bus with
+//! the reason), and hands the batch
 //! to a [`Sink`] (OpenSearch's `_bulk` through [`drover_store::opensearch::Client`]). A record's
 //! id is its document id, so a redelivery overwrites itself. Deliveries are acknowledged only
 //! once the sink took their documents: documents that failed for a passing reason are sent again
@@ -59,17 +60,23 @@ pub enum IngestError {
 pub enum DecodeError {
     #[error("{0}")]
     Body(#[from] drover_proto::codec::CodecError),
-    #[error("an event record with an empty id")]
-    NoId,
+    #[error("event record {0} of the message has an empty id")]
+    NoId(usize),
+    #[error("a record batch without records")]
+    Empty,
 }
 
-/// A message body as a record: `drover.bus.v1` protobuf, as the agent's shipper writes it.
-pub fn decode(message: &Message) -> Result<EventRecord, DecodeError> {
-    let record = drover_proto::codec::decode_record(&message.body)?;
-    if record.id.is_empty() {
-        return Err(DecodeError::NoId);
+/// A message body as its records: `drover.bus.v1` protobuf, one record or a batch, as shippers
+/// write them. A message is taken or refused whole.
+pub fn decode(message: &Message) -> Result<Vec<EventRecord>, DecodeError> {
+    let records = drover_proto::codec::decode_records(&message.body)?;
+    if records.is_empty() {
+        return Err(DecodeError::Empty);
     }
-    Ok(record)
+    if let Some(n) = records.iter().position(|r| r.id.is_empty()) {
+        return Err(DecodeError::NoId(n));
+    }
+    Ok(records)
 }
 
 /// How batches are made and retried.
@@ -79,6 +86,9 @@ pub struct IngestConfig {
     pub batch_size: usize,
     /// A batch goes out at most this long after its first record arrived.
     pub batch_wait: Duration,
+    /// Messages delivered and not yet acknowledged, at most: with shippers' messages of at
+    /// most `MAX_RECORDS_PER_MESSAGE` records, what bounds the records ingest holds.
+    pub prefetch: u16,
     /// Backoff between retries of a failed request or of failed documents.
     pub retry_min: Duration,
     pub retry_max: Duration,
@@ -89,6 +99,7 @@ impl Default for IngestConfig {
         Self {
             batch_size: 1000,
             batch_wait: Duration::from_millis(200),
+            prefetch: 256,
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
         }
@@ -139,12 +150,8 @@ impl Ingest {
     /// or the bus fails for good.
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<(), IngestError> {
         let queue = self.bus.topology().ingest_queue_name();
-        // Room for the batch being indexed, the one waiting, and the one being collected.
-        let prefetch = (self.config.batch_size * 3).clamp(1, usize::from(u16::MAX)) as u16;
-        let consumer = self
-            .bus
-            .consume(&queue, ConsumeOptions::default().with_prefetch(prefetch))
-            .await?;
+        let options = ConsumeOptions::default().with_prefetch(self.config.prefetch.max(1));
+        let consumer = self.bus.consume(&queue, options).await?;
         let (tx, mut rx) = mpsc::channel::<Batch>(1);
         let collect = collect(
             consumer,
@@ -285,8 +292,8 @@ async fn collect(
         loop {
             if let Some(delivery) = next.take() {
                 match decode(&delivery.message) {
-                    Ok(record) => {
-                        batch.records.push(record);
+                    Ok(records) => {
+                        batch.records.extend(records);
                         batch.deliveries.push(delivery);
                     }
                     Err(error) => {
@@ -324,18 +331,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn decodes_what_the_shipper_sends_and_refuses_the_rest() {
+    fn decodes_what_shippers_send_and_refuses_the_rest() {
         let record = synthetic::record("t", 7);
-        assert_eq!(decode(&synthetic::message(&record)).unwrap(), record);
+        assert_eq!(
+            decode(&synthetic::message(&record)).unwrap(),
+            std::slice::from_ref(&record)
+        );
+        let batch = [record.clone(), synthetic::record("t", 8)];
+        let body = drover_proto::codec::encode_records(&batch);
+        assert_eq!(decode(&Message::new(body)).unwrap(), batch);
         assert!(matches!(
             decode(&Message::new("not protobuf")),
             Err(DecodeError::Body(_))
         ));
-        let mut no_id = record;
+        let mut no_id = record.clone();
         no_id.id.clear();
         assert!(matches!(
             decode(&synthetic::message(&no_id)),
-            Err(DecodeError::NoId)
+            Err(DecodeError::NoId(0))
+        ));
+        let body = drover_proto::codec::encode_records(&[record, no_id]);
+        let error = decode(&Message::new(body)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "event record 1 of the message has an empty id"
+        );
+        let empty = drover_proto::codec::encode_records(&[]);
+        assert!(matches!(
+            decode(&Message::new(empty)),
+            Err(DecodeError::Empty)
         ));
     }
 }

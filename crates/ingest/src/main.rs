@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use drover_bus::{AmqpBus, AmqpOptions, Topology};
 use drover_ingest::{Ingest, IngestConfig};
 use drover_store::OpenSearchOptions;
 use drover_store::opensearch::Client;
+use drover_telemetry::{BusArgs, HttpArgs, HttpSide};
 
 #[derive(Parser)]
 #[command(
@@ -17,21 +17,23 @@ use drover_store::opensearch::Client;
     about = "Indexes drover's logs and events"
 )]
 struct Cli {
-    /// RabbitMQ's URL.
-    #[arg(long, env = "DROVER_AMQP_URL")]
-    amqp_url: String,
-    /// The bus topology's name prefix (tests share a broker under different prefixes).
-    #[arg(long, default_value = "")]
-    bus_prefix: String,
+    #[command(flatten)]
+    bus: BusArgs,
     /// OpenSearch: http(s)://HOST:PORT[?prefix=P&retention_days=N].
     #[arg(long, env = "DROVER_OPENSEARCH_URL")]
     opensearch_url: String,
     /// Records per bulk request, at most.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, env = "DROVER_INGEST_BATCH_SIZE", default_value_t = 1000)]
     batch_size: usize,
     /// A batch goes out at most this many milliseconds after its first record.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, env = "DROVER_INGEST_BATCH_WAIT_MS", default_value_t = 200)]
     batch_wait_ms: u64,
+    /// Messages delivered and not yet acknowledged, at most (a message holds up to 100
+    /// records): bounds the records held in memory.
+    #[arg(long, env = "DROVER_INGEST_PREFETCH", default_value_t = 256)]
+    prefetch: u16,
+    #[command(flatten)]
+    http: HttpArgs,
 }
 
 #[tokio::main]
@@ -44,13 +46,20 @@ async fn main() -> anyhow::Result<()> {
         .ensure_indices()
         .await
         .context("putting the index templates on OpenSearch")?;
-    let topology = Topology::new().with_prefix(cli.bus_prefix);
-    let bus = AmqpBus::connect(AmqpOptions::new(cli.amqp_url, topology))
+    let bus = cli
+        .bus
+        .connect(cli.bus.topology(), "drover-ingest")
         .await
         .context("connecting to RabbitMQ")?;
+    HttpSide::new("ingest")
+        .with_reachable("rabbitmq", &cli.bus.amqp_url)?
+        .with_reachable("opensearch", &cli.opensearch_url)?
+        .spawn(cli.http.http_listen)
+        .await?;
     let config = IngestConfig {
         batch_size: cli.batch_size,
         batch_wait: Duration::from_millis(cli.batch_wait_ms),
+        prefetch: cli.prefetch,
         ..IngestConfig::default()
     };
     let ingest = Ingest::new(Arc::new(bus), Arc::new(client.clone()), config);

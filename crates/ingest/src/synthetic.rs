@@ -44,22 +44,20 @@ pub fn message(record: &EventRecord) -> Message {
     Message::new(drover_proto::codec::encode_record(record)).with_id(record.id.clone())
 }
 
-/// Publishes records `0..n` of a run to the ingest queue, `chunk` at a time with pipelined
-/// confirms.
+/// Publishes records `0..n` of a run to the ingest queue as shippers do (messages of
+/// `MAX_RECORDS_PER_MESSAGE` records), `chunk` records at a time with pipelined confirms.
 pub async fn publish(
     bus: &dyn drover_bus::Bus,
     run: &str,
     n: u64,
     chunk: u64,
 ) -> drover_bus::Result<()> {
-    let route = bus.topology().ingest();
     let mut next = 0;
     while next < n {
         let end = (next + chunk).min(n);
-        let batch = (next..end)
-            .map(|i| (route.clone(), message(&record(run, i))))
-            .collect();
-        bus.publish_batch(batch).await?;
+        let records: Vec<EventRecord> = (next..end).map(|i| record(run, i)).collect();
+        bus.publish_batch(drover_shipping::ingest_messages(bus, &records))
+            .await?;
         next = end;
     }
     Ok(())

@@ -9,13 +9,14 @@ pub mod plan;
 pub mod runtime;
 pub mod task;
 
-pub use bus::{EventRecord, Heartbeat};
+pub use bus::{ClockSequence, EventRecord, Heartbeat, execution_event_records, task_event_id};
 pub use plan::{
     InstanceRelationship, Instances, Operation, Plan, PlanNode, PlanNodeInstance, PlanRelationship,
     ScalableProperties, ScalingGroup, ScalingGroupRef, WorkflowSpec,
 };
 pub use runtime::{
-    Deployment, Event, EventContext, EventMessage, Execution, ExecutionStatus, NodeInstance,
+    DEFAULT_TENANT, Deployment, Event, EventContext, EventMessage, Execution, ExecutionStatus,
+    NodeInstance,
 };
 pub use task::{
     OperationTask, PROVISIONING_PLUGIN, TaskNode, TaskOutcome, TaskRelationship, TaskResult,

@@ -119,8 +119,13 @@ pub struct EventContext {
     pub target_name: Option<String>,
 }
 
-/// A deployment: a blueprint's plan with its inputs, and where the blueprint was read from.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// The tenant of what names none: a request without a `Tenant` header, a deployment made
+/// before deployments recorded theirs, `drover local`.
+pub const DEFAULT_TENANT: &str = "default_tenant";
+
+/// A deployment: a blueprint's plan with its inputs, where the blueprint was read from, and
+/// the tenant it belongs to (whose secrets its `get_secret` reads).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Deployment {
     pub id: String,
     pub blueprint_id: String,
@@ -131,4 +136,24 @@ pub struct Deployment {
     #[serde(default)]
     pub blueprint_dir: Option<String>,
     pub created_at: String,
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+}
+
+fn default_tenant() -> String {
+    DEFAULT_TENANT.to_owned()
+}
+
+impl Default for Deployment {
+    fn default() -> Self {
+        Deployment {
+            id: String::new(),
+            blueprint_id: String::new(),
+            plan: crate::Plan::default(),
+            inputs: Map::new(),
+            blueprint_dir: None,
+            created_at: String::new(),
+            tenant: default_tenant(),
+        }
+    }
 }

@@ -4,9 +4,10 @@
 
 use drover_model::{EventRecord, Heartbeat};
 
-/// A heartbeat's body; the error is the reason it is dead-lettered.
-pub fn decode_heartbeat(body: &[u8]) -> Result<Heartbeat, String> {
-    drover_proto::codec::decode_heartbeat(body).map_err(|e| e.to_string())
+/// The beats of a heartbeat body: one agent's, or a batch of a hollow host's; the error is the
+/// reason it is dead-lettered.
+pub fn decode_heartbeats(body: &[u8]) -> Result<Vec<Heartbeat>, String> {
+    drover_proto::codec::decode_heartbeats(body).map_err(|e| e.to_string())
 }
 
 /// An event record for the `ingest` queue.

@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use drover_agent::{
-    AgentService, Heartbeat, HollowHost, OperationRunner, PluginRegistry, RunnerConfig,
-    hollow_agent_name,
+    AgentIdentity, AgentService, HeartbeatGroups, HollowHost, OperationRunner, PluginRegistry,
+    RunnerConfig, hollow_agent_name,
 };
 use drover_bus::{AmqpBus, AmqpOptions, Bus, ConsumeOptions, Topology};
 use tokio::sync::mpsc;
@@ -25,9 +25,6 @@ pub const DEPLOYMENT: &str = "drill";
 
 /// How long the agents may take to start.
 const START_LIMIT: Duration = Duration::from_secs(120);
-
-/// Heartbeats-only agents per broker connection.
-const AGENTS_PER_CONNECTION: usize = 1000;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -74,6 +71,9 @@ pub struct DrillReport {
     /// Heals the monitor started: (instance, execution id).
     pub heals: Vec<(String, String)>,
     pub heartbeats: u64,
+    /// Heartbeats the monitor consumed per second while it was watched (the agents send
+    /// `agents / interval`; fewer means the broker or the monitor could not keep up).
+    pub heartbeats_per_s: f64,
 }
 
 impl DrillReport {
@@ -100,33 +100,28 @@ impl DrillReport {
     }
 }
 
-/// The agents' side: full hollow agents or heartbeats only.
+/// The agents' side: full hollow agents or heartbeats only, on one connection as one hollow
+/// process has; both send their beats batched, as a hollow host does.
 enum Fleet {
     /// The runner's work directory lives as long as the agents.
     Hollow {
         host: HollowHost,
         _work: tempfile::TempDir,
     },
-    Beats(Vec<Option<Heartbeat>>),
+    Beats(HeartbeatGroups),
 }
 
 impl Fleet {
-    /// Heartbeats-only fleets spread their agents over `buses` (a connection each, as real
-    /// agents have one each); full hollow agents share the first.
-    fn start(buses: &[Arc<dyn Bus>], config: &DrillConfig) -> anyhow::Result<Self> {
-        let bus = buses.first().context("no bus for the agents")?.clone();
+    fn start(bus: Arc<dyn Bus>, config: &DrillConfig) -> anyhow::Result<Self> {
         if !config.services {
-            let beats = (0..config.agents)
-                .map(|i| {
-                    let bus = buses[i % buses.len()].clone();
-                    Some(Heartbeat::start(
-                        bus,
-                        hollow_agent_name(i),
-                        config.heartbeat,
-                    ))
-                })
+            let agents = (0..config.agents)
+                .map(|i| AgentIdentity::from(hollow_agent_name(i)))
                 .collect();
-            return Ok(Fleet::Beats(beats));
+            return Ok(Fleet::Beats(HeartbeatGroups::start(
+                bus,
+                agents,
+                config.heartbeat,
+            )));
         }
         let work = tempfile::tempdir()?;
         let runner = Arc::new(OperationRunner::new(
@@ -143,7 +138,7 @@ impl Fleet {
     fn stop(&mut self, index: usize) -> bool {
         match self {
             Fleet::Hollow { host, .. } => host.stop_heartbeat(index),
-            Fleet::Beats(beats) => beats.get_mut(index).and_then(Option::take).is_some(),
+            Fleet::Beats(beats) => beats.stop(index),
         }
     }
 }
@@ -170,10 +165,7 @@ pub async fn run(
         }
     };
     let monitor_bus: Arc<dyn Bus> = Arc::new(connect("drill-monitor").await?);
-    let mut agent_buses: Vec<Arc<dyn Bus>> = Vec::new();
-    for _ in 0..config.agents.div_ceil(AGENTS_PER_CONNECTION) {
-        agent_buses.push(Arc::new(connect("drill-agents").await?));
-    }
+    let agent_bus: Arc<dyn Bus> = Arc::new(connect("drill-agents").await?);
     let mut ingest = monitor_bus
         .consume(
             &topology.ingest_queue_name(),
@@ -202,7 +194,7 @@ pub async fn run(
 
     let healer = Arc::new(MemoryHealer::new());
     let monitor = Monitor::start(monitor_bus.clone(), healer.clone(), config.monitor.clone());
-    let mut fleet = Fleet::start(&agent_buses, &config)?;
+    let mut fleet = Fleet::start(agent_bus, &config)?;
     // Starting many agents takes a while (a queue and a consumer each): wait until every one
     // is heard from, then give their detectors a warm-up's worth of history.
     let started = tokio::time::Instant::now();
@@ -224,6 +216,13 @@ pub async fn run(
 
     let step = (config.agents / config.killed.max(1)).max(1);
     let victims: Vec<usize> = (0..config.killed).map(|k| k * step).collect();
+    let beats = || {
+        monitor
+            .metrics()
+            .heartbeats
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let watched = (tokio::time::Instant::now(), beats());
     let killed_at = now_ms();
     for &index in &victims {
         if !fleet.stop(index) {
@@ -255,10 +254,9 @@ pub async fn run(
             }
         }
     }
-    report.heartbeats = monitor
-        .metrics()
-        .heartbeats
-        .load(std::sync::atomic::Ordering::Relaxed);
+    report.heartbeats = beats();
+    report.heartbeats_per_s =
+        (report.heartbeats - watched.1) as f64 / watched.0.elapsed().as_secs_f64();
     report.heals = healer
         .heals()
         .into_iter()

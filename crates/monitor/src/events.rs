@@ -1,6 +1,6 @@
 //! The monitor's events, in Cloudify's event shape, for the `ingest` queue: `agent_failed`,
-//! `agent_recovered`, `heal_started`. The node instance is the agent's (an agent is named after
-//! the host instance it runs on).
+//! `agent_recovered`, `heal_started`, on the node instance the agent serves (as its heartbeats
+//! say, or the one named like the agent).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,6 +12,7 @@ use serde_json::json;
 pub enum MonitorEvent {
     AgentFailed {
         deployment: String,
+        instance: String,
         agent: String,
         shard: u32,
         /// How long the agent had been silent when the failure was confirmed.
@@ -20,12 +21,22 @@ pub enum MonitorEvent {
     },
     AgentRecovered {
         deployment: String,
+        instance: String,
         agent: String,
         down: Duration,
     },
     HealStarted {
         deployment: String,
         instance: String,
+        execution_id: String,
+    },
+    /// A threshold policy scaled `group` out.
+    ScaleStarted {
+        deployment: String,
+        policy: String,
+        group: String,
+        delta: u32,
+        value: f64,
         execution_id: String,
     },
 }
@@ -36,6 +47,7 @@ impl MonitorEvent {
             MonitorEvent::AgentFailed { .. } => "agent_failed",
             MonitorEvent::AgentRecovered { .. } => "agent_recovered",
             MonitorEvent::HealStarted { .. } => "heal_started",
+            MonitorEvent::ScaleStarted { .. } => "scale_started",
         }
     }
 
@@ -48,13 +60,14 @@ impl MonitorEvent {
         let (deployment, instance, execution_id, text, arguments) = match self {
             MonitorEvent::AgentFailed {
                 deployment,
+                instance,
                 agent,
                 shard,
                 silent,
                 phi,
             } => (
                 deployment,
-                agent,
+                instance,
                 String::new(),
                 format!("agent {agent} failed: silent for {} ms", silent.as_millis()),
                 json!({"agent": agent, "shard": shard, "silent_ms": silent.as_millis() as u64,
@@ -62,11 +75,12 @@ impl MonitorEvent {
             ),
             MonitorEvent::AgentRecovered {
                 deployment,
+                instance,
                 agent,
                 down,
             } => (
                 deployment,
-                agent,
+                instance,
                 String::new(),
                 format!("agent {agent} recovered after {} ms", down.as_millis()),
                 json!({"agent": agent, "down_ms": down.as_millis() as u64}),
@@ -82,6 +96,28 @@ impl MonitorEvent {
                 format!("heal of {instance} started: execution {execution_id}"),
                 json!({"instance": instance, "execution_id": execution_id}),
             ),
+            MonitorEvent::ScaleStarted {
+                deployment,
+                policy,
+                group,
+                delta,
+                value,
+                execution_id,
+            } => (
+                deployment,
+                group,
+                execution_id.clone(),
+                format!(
+                    "policy {policy} scales {group} by {delta} (value {value}): execution {execution_id}"
+                ),
+                json!({"policy": policy, "group": group, "delta": delta, "value": value,
+                       "execution_id": execution_id}),
+            ),
+        };
+        // The subject of a scale is a group, not an instance.
+        let node_id = match self {
+            MonitorEvent::ScaleStarted { .. } => None,
+            _ => Some(instance.clone()),
         };
         let event_type = self.event_type();
         EventRecord {
@@ -94,7 +130,7 @@ impl MonitorEvent {
                     deployment_id: deployment.clone(),
                     execution_id,
                     workflow_id: String::new(),
-                    node_id: Some(instance.clone()),
+                    node_id,
                     ..EventContext::default()
                 },
                 message: EventMessage { text, arguments },
@@ -114,7 +150,8 @@ mod tests {
         let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         let record = MonitorEvent::AgentFailed {
             deployment: "d1".into(),
-            agent: "web_1".into(),
+            instance: "web_1".into(),
+            agent: "agent-3".into(),
             shard: 2,
             silent: Duration::from_millis(640),
             phi: 9.5,
@@ -126,6 +163,7 @@ mod tests {
         assert_eq!(record.event.timestamp, "2023-11-14T22:13:20.123Z");
         assert_eq!(record.event.context.deployment_id, "d1");
         assert_eq!(record.event.context.node_id.as_deref(), Some("web_1"));
+        assert_eq!(record.event.message.arguments["agent"], "agent-3");
         assert_eq!(record.event.message.arguments["silent_ms"], 640);
         assert_eq!(
             record.event.message.arguments["detected_at_ms"],

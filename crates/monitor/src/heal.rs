@@ -4,7 +4,8 @@
 //! The rules (DESIGN.md, issue 7): one heal execution per failed instance at a time, and none
 //! while an install, uninstall or scale runs on the deployment — those rebuild instances
 //! themselves, and a heal racing them would fight over the same ones. A failure that cannot be
-//! healed yet waits in the queue and starts as soon as the way is clear.
+//! healed yet waits in the queue and starts as soon as the way is clear; one in a deployment
+//! that is being or was uninstalled is dropped (the uninstall stopped that agent).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, PoisonError};
@@ -32,8 +33,20 @@ pub trait Healer: Send + Sync {
     /// The executions of `deployment` that have not ended (pending, started, cancelling …).
     async fn active_executions(&self, deployment: &str) -> Result<Vec<ActiveExecution>, HealError>;
 
+    /// Whether the deployment's latest install or uninstall (dry runs aside) is an uninstall,
+    /// running or ended: its instances are going or gone, and so are their agents.
+    async fn uninstalled(&self, deployment: &str) -> Result<bool, HealError>;
+
     /// Starts a `heal` execution for `instance` of `deployment`; returns its id.
     async fn start_heal(&self, deployment: &str, instance: &str) -> Result<String, HealError>;
+
+    /// Starts a `scale` execution of `group` by `delta` instances; returns its id.
+    async fn start_scale(
+        &self,
+        deployment: &str,
+        group: &str,
+        delta: u32,
+    ) -> Result<String, HealError>;
 }
 
 /// A failed instance to heal.
@@ -106,6 +119,24 @@ impl HealQueue {
                 .filter(|r| r.deployment == deployment && !self.running.contains_key(*r))
                 .cloned()
                 .collect();
+            if !ready.is_empty() {
+                match healer.uninstalled(&deployment).await {
+                    // An uninstall stops its agents' heartbeats on purpose.
+                    Ok(true) => {
+                        tracing::info!(%deployment, dropped = ready.len(),
+                            "heals dropped: the deployment is uninstalled");
+                        for request in &ready {
+                            self.queued.remove(request);
+                        }
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::warn!(%deployment, %error, "cannot list executions; heals wait");
+                        continue;
+                    }
+                }
+            }
             if let Some(execution) = blocked {
                 if !ready.is_empty() {
                     tracing::info!(%deployment, execution = %execution.id,
@@ -169,6 +200,16 @@ impl MemoryHealer {
         f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
+    /// Every execution started, in order: (workflow, execution id).
+    pub fn executions(&self) -> Vec<(String, String)> {
+        self.with(|s| {
+            s.executions
+                .iter()
+                .map(|e| (e.workflow_id.clone(), e.id.clone()))
+                .collect()
+        })
+    }
+
     /// Starts an execution of `workflow_id` (an install, say) on `deployment`.
     pub fn start(&self, deployment: &str, workflow_id: &str) -> String {
         self.with(|s| s.start(deployment, workflow_id, None))
@@ -227,8 +268,23 @@ impl Healer for MemoryHealer {
         }))
     }
 
+    async fn uninstalled(&self, deployment: &str) -> Result<bool, HealError> {
+        Ok(self.with(|s| {
+            s.executions
+                .iter()
+                .rev()
+                .filter(|e| e.deployment == deployment)
+                .find(|e| e.workflow_id == "install" || e.workflow_id == "uninstall")
+                .is_some_and(|e| e.workflow_id == "uninstall")
+        }))
+    }
+
     async fn start_heal(&self, deployment: &str, instance: &str) -> Result<String, HealError> {
         Ok(self.with(|s| s.start(deployment, "heal", Some(instance))))
+    }
+
+    async fn start_scale(&self, deployment: &str, _: &str, _: u32) -> Result<String, HealError> {
+        Ok(self.with(|s| s.start(deployment, "scale", None)))
     }
 }
 
@@ -264,8 +320,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn heals_wait_for_an_install_uninstall_or_scale_of_their_deployment() {
-        for workflow in BLOCKING_WORKFLOWS {
+    async fn heals_wait_for_an_install_or_scale_of_their_deployment() {
+        for workflow in ["install", "scale"] {
             let healer = MemoryHealer::new();
             let mut queue = HealQueue::default();
             let install = healer.start("d1", workflow);
@@ -279,6 +335,29 @@ mod tests {
             assert_eq!(started.len(), 2, "{workflow}");
             assert_eq!(queue.counts(), (2, 0));
         }
+    }
+
+    #[tokio::test]
+    async fn an_uninstall_drops_the_heals_of_its_deployment() {
+        let healer = MemoryHealer::new();
+        let mut queue = HealQueue::default();
+        let install = healer.start("d1", "install");
+        healer.end(&install);
+        // Its agents stop as the uninstall frees their hosts: nothing to heal, now or after.
+        let uninstall = healer.start("d1", "uninstall");
+        queue.request(request("web_1"));
+        assert!(queue.advance(&healer).await.is_empty());
+        assert_eq!(queue.counts(), (0, 0));
+        healer.end(&uninstall);
+        queue.request(request("web_2"));
+        assert!(queue.advance(&healer).await.is_empty());
+        assert_eq!(queue.counts(), (0, 0));
+        // Installed again, its failures are healed again.
+        let again = healer.start("d1", "install");
+        healer.end(&again);
+        queue.request(request("web_1"));
+        assert_eq!(queue.advance(&healer).await.len(), 1);
+        assert_eq!(healer.heals().len(), 1);
     }
 
     #[tokio::test]
@@ -302,7 +381,15 @@ mod tests {
             Err(HealError("unreachable".into()))
         }
 
+        async fn uninstalled(&self, _: &str) -> Result<bool, HealError> {
+            Err(HealError("unreachable".into()))
+        }
+
         async fn start_heal(&self, _: &str, _: &str) -> Result<String, HealError> {
+            Err(HealError("unreachable".into()))
+        }
+
+        async fn start_scale(&self, _: &str, _: &str, _: u32) -> Result<String, HealError> {
             Err(HealError("unreachable".into()))
         }
     }

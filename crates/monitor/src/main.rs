@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use drover_bus::{AmqpBus, AmqpOptions, Bus, Topology};
+use drover_bus::Bus;
 use drover_monitor::grpc::MonitorGrpc;
 use drover_monitor::phi::PhiConfig;
+use drover_monitor::policy::{DefaultPolicies, PolicySource, StorePolicies};
 use drover_monitor::tracker::TrackerConfig;
 use drover_monitor::workflow_healer::WorkflowHealer;
-use drover_monitor::{Monitor, MonitorConfig, metrics};
+use drover_monitor::{Monitor, MonitorConfig};
+use drover_telemetry::{BusArgs, HttpArgs, HttpSide};
 
 #[derive(Parser)]
 #[command(
@@ -20,12 +22,8 @@ use drover_monitor::{Monitor, MonitorConfig, metrics};
     about = "Watches agents' heartbeats and heals what fails"
 )]
 struct Cli {
-    /// The broker, `amqp://user:password@host:port/vhost`.
-    #[arg(long, env = "DROVER_AMQP_URL")]
-    amqp_url: String,
-    /// Prefix of every exchange and queue name (tests sharing a broker).
-    #[arg(long, default_value = "")]
-    prefix: String,
+    #[command(flatten)]
+    bus: BusArgs,
     /// How many `monitor.<n>` shard queues the heartbeats exchange spreads agents over; the
     /// same for every replica and agent.
     #[arg(long, default_value_t = 4)]
@@ -35,17 +33,21 @@ struct Cli {
     #[arg(long)]
     max_shards: Option<usize>,
     /// The gRPC address (GetHealth, ListAgents).
-    #[arg(long, default_value = "127.0.0.1:50056")]
+    #[arg(long, env = "DROVER_MONITOR_LISTEN", default_value = "127.0.0.1:50054")]
     listen: SocketAddr,
-    /// The address of the Prometheus `/metrics` endpoint.
-    #[arg(long, default_value = "127.0.0.1:9106")]
-    metrics_listen: SocketAddr,
+    #[command(flatten)]
+    http: HttpArgs,
     /// The workflow service that runs heals, `http://host:port`.
-    #[arg(long)]
+    #[arg(long, env = "DROVER_WORKFLOW_GRPC")]
     workflow_url: String,
-    /// The deployment the agents' instances belong to.
-    #[arg(long)]
+    /// The deployment of agents whose heartbeats name none (agents that predate the field).
+    #[arg(long, default_value = "")]
     deployment: String,
+    /// The state store holding the deployments (`file:DIR`, `memory:`, an OpenSearch URL):
+    /// their blueprints' groups and policies say what is healed and scaled. Without it every
+    /// failed instance is healed (the default auto-heal policy) and nothing is scaled.
+    #[arg(long, env = "DROVER_STORE_URL")]
+    store: Option<String>,
     /// phi at which an agent is suspected.
     #[arg(long, default_value_t = PhiConfig::default().threshold)]
     phi_threshold: f64,
@@ -71,17 +73,20 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let topology = Topology::new()
-        .with_prefix(cli.prefix.clone())
-        .with_monitor_shards(cli.shards);
-    let options =
-        AmqpOptions::new(cli.amqp_url.clone(), topology).with_connection_name("drover-monitor");
+    let topology = cli.bus.topology().with_monitor_shards(cli.shards);
     let bus: Arc<dyn Bus> = Arc::new(
-        AmqpBus::connect(options)
+        cli.bus
+            .connect(topology, "drover-monitor")
             .await
             .context("cannot connect to the broker")?,
     );
     let healer = Arc::new(WorkflowHealer::new(&cli.workflow_url)?);
+    let policies: Arc<dyn PolicySource> = match &cli.store {
+        Some(url) => Arc::new(StorePolicies(
+            drover_store::open(url).with_context(|| format!("cannot open the store {url}"))?,
+        )),
+        None => Arc::new(DefaultPolicies),
+    };
     let config = MonitorConfig {
         tracker: TrackerConfig {
             phi: PhiConfig {
@@ -97,19 +102,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         deployment: cli.deployment,
         ..MonitorConfig::default()
     };
-    let monitor = Arc::new(Monitor::start(bus, healer, config));
-    let metrics_listener = tokio::net::TcpListener::bind(cli.metrics_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cli.metrics_listen))?;
-    tracing::info!(grpc = %cli.listen, metrics = %cli.metrics_listen, "monitor up");
+    let monitor = Arc::new(Monitor::start_with_policies(bus, healer, policies, config));
+    let metrics = monitor.metrics();
+    HttpSide::new("monitor")
+        .with_reachable("rabbitmq", &cli.bus.amqp_url)?
+        .with_text(move || metrics.render())
+        .spawn(cli.http.http_listen)
+        .await?;
+    tracing::info!(grpc = %cli.listen, "monitor up");
     let grpc = tonic::transport::Server::builder()
         .add_service(MonitorGrpc::server(monitor.clone()))
         .serve_with_shutdown(cli.listen, async {
             let _ = tokio::signal::ctrl_c().await;
         });
-    tokio::select! {
-        served = grpc => served.context("gRPC server")?,
-        served = metrics::serve(metrics_listener, monitor.metrics()) => served.context("metrics server")?,
-    }
-    Ok(())
+    grpc.await.context("gRPC server")
 }

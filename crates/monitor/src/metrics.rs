@@ -19,6 +19,9 @@ pub struct Metrics {
     pub failures: AtomicU64,
     pub recoveries: AtomicU64,
     pub heals_started: AtomicU64,
+    /// Failures of instances no `host_failure` policy covers.
+    pub heals_skipped: AtomicU64,
+    pub scales_started: AtomicU64,
     pub agents_alive: AtomicU64,
     pub agents_failed: AtomicU64,
     pub shards_held: AtomicU64,
@@ -84,6 +87,18 @@ impl Metrics {
             "counter",
             "Heal executions started.",
             get(&self.heals_started),
+        );
+        metric(
+            "drover_monitor_heals_skipped_total",
+            "counter",
+            "Failed instances not healed: the blueprint's host_failure policies leave them out.",
+            get(&self.heals_skipped),
+        );
+        metric(
+            "drover_monitor_scales_started_total",
+            "counter",
+            "Scale executions started by threshold policies.",
+            get(&self.scales_started),
         );
         metric(
             "drover_monitor_agents_alive",

@@ -18,6 +18,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use drover_model::Heartbeat;
+
 use crate::phi::{PhiConfig, PhiDetector};
 
 /// How the tracker turns suspicions into failures.
@@ -65,6 +67,7 @@ pub enum Transition {
     /// latency measured from the last sign of life).
     Failed {
         agent: String,
+        serves: Serves,
         shard: u32,
         silent: Duration,
         phi: f64,
@@ -72,9 +75,17 @@ pub enum Transition {
     /// A failed agent heartbeats again after being failed for `down`.
     Recovered {
         agent: String,
+        serves: Serves,
         shard: u32,
         down: Duration,
     },
+}
+
+/// What an agent's heartbeats say it serves; empty strings where the agent did not say.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Serves {
+    pub deployment_id: String,
+    pub node_instance_id: String,
 }
 
 /// An agent as [`Tracker::agents`] reports it.
@@ -93,6 +104,9 @@ type ShardCheck<'a> = (usize, Vec<(&'a str, f64)>);
 
 struct Agent {
     shard: u32,
+    serves: Serves,
+    /// The metrics of its latest heartbeat.
+    metrics: BTreeMap<String, f64>,
     detector: PhiDetector,
     state: AgentState,
     heartbeats: u64,
@@ -119,27 +133,38 @@ impl Tracker {
         }
     }
 
-    /// `agent`'s heartbeat arrived at `now` from `shard`. A failed agent recovers, with a fresh
-    /// detector: the outage says nothing about its normal pace.
-    pub fn heartbeat(&mut self, agent: &str, shard: u32, now: Instant) -> Option<Transition> {
+    /// `beat` arrived at `now` from `shard`. A failed agent recovers, with a fresh detector:
+    /// the outage says nothing about its normal pace.
+    pub fn heartbeat(&mut self, beat: Heartbeat, shard: u32, now: Instant) -> Option<Transition> {
         let phi = self.config.phi;
-        let entry = self
-            .agents
-            .entry(agent.to_owned())
-            .or_insert_with(|| Agent {
+        // Looked up before inserting: the name is only copied for an agent heard of first.
+        let entry = match self.agents.get_mut(&beat.agent) {
+            Some(entry) => entry,
+            None => self.agents.entry(beat.agent.clone()).or_insert(Agent {
                 shard,
+                serves: Serves::default(),
+                metrics: BTreeMap::new(),
                 detector: PhiDetector::new(phi),
                 state: AgentState::Alive,
                 heartbeats: 0,
-            });
+            }),
+        };
         entry.shard = shard;
         entry.heartbeats += 1;
+        if entry.serves.deployment_id != beat.deployment_id {
+            entry.serves.deployment_id = beat.deployment_id;
+        }
+        if entry.serves.node_instance_id != beat.node_instance_id {
+            entry.serves.node_instance_id = beat.node_instance_id;
+        }
+        entry.metrics = beat.metrics;
         let recovered = match entry.state {
             AgentState::Failed { since } => {
                 entry.detector = PhiDetector::new(phi);
                 entry.state = AgentState::Alive;
                 Some(Transition::Recovered {
-                    agent: agent.to_owned(),
+                    agent: beat.agent,
+                    serves: entry.serves.clone(),
                     shard,
                     down: now.saturating_duration_since(since),
                 })
@@ -212,6 +237,7 @@ impl Tracker {
                 agent.state = AgentState::Failed { since: now };
                 Some(Transition::Failed {
                     agent: name,
+                    serves: agent.serves.clone(),
                     shard,
                     silent,
                     phi,
@@ -249,6 +275,14 @@ impl Tracker {
         agents
     }
 
+    /// The live agents: what each serves and the metrics of its latest heartbeat.
+    pub fn live_metrics(&self) -> impl Iterator<Item = (&Serves, &BTreeMap<String, f64>)> {
+        self.agents
+            .values()
+            .filter(|a| a.state == AgentState::Alive)
+            .map(|a| (&a.serves, &a.metrics))
+    }
+
     /// How many agents are alive and how many failed.
     pub fn counts(&self) -> (usize, usize) {
         let alive = self
@@ -266,6 +300,15 @@ mod tests {
 
     const BEAT: Duration = Duration::from_millis(200);
     const TICK: Duration = Duration::from_millis(20);
+
+    fn beat(agent: &str) -> Heartbeat {
+        Heartbeat {
+            agent: agent.into(),
+            deployment_id: "d1".into(),
+            node_instance_id: format!("host_{agent}"),
+            ..Heartbeat::default()
+        }
+    }
 
     fn names(transitions: &[Transition]) -> Vec<String> {
         let mut names: Vec<String> = transitions
@@ -297,7 +340,9 @@ mod tests {
                 for a in 0..agents {
                     if !silent(a, t) {
                         let shard = (a % 4) as u32;
-                        if let Some(tr) = tracker.heartbeat(&format!("a{a}"), shard, start + t) {
+                        if let Some(tr) =
+                            tracker.heartbeat(beat(&format!("a{a}")), shard, start + t)
+                        {
                             out.push((t, tr));
                         }
                     }
@@ -318,7 +363,14 @@ mod tests {
         let seen = run(&mut tracker, 40, start, Duration::from_secs(25), dead);
         assert_eq!(seen.len(), 2, "{seen:?}");
         let (at, ref failed) = seen[0];
-        assert!(matches!(failed, Transition::Failed { agent, .. } if agent == "a3"));
+        let serves = Serves {
+            deployment_id: "d1".into(),
+            node_instance_id: "host_a3".into(),
+        };
+        assert!(
+            matches!(failed, Transition::Failed { agent, serves: s, .. } if agent == "a3" && *s == serves),
+            "{failed:?}"
+        );
         // Its last beat was at 9.8 s; detected within a second of death.
         assert!(
             at > Duration::from_secs(10) && at < Duration::from_secs(11),
@@ -368,7 +420,7 @@ mod tests {
         let woke = start + Duration::from_secs(8);
         assert!(tracker.check(woke).is_empty());
         for a in 0..20 {
-            tracker.heartbeat(&format!("a{a}"), (a % 4) as u32, woke + TICK);
+            tracker.heartbeat(beat(&format!("a{a}")), (a % 4) as u32, woke + TICK);
         }
         assert!(tracker.check(woke + TICK * 2).is_empty());
         assert_eq!(tracker.counts(), (20, 0));

@@ -1,5 +1,5 @@
 //! [`WorkflowHealer`]: the [`Healer`] over the workflow service's gRPC API
-//! (`drover.workflow.v1.Workflow`: `ListExecutions`, `StartExecution` of `heal`).
+//! (`drover.workflow.v1.Workflow`: `ListExecutions`, `StartExecution` of `heal` and `scale`).
 
 use async_trait::async_trait;
 use drover_proto::drover::workflow::v1 as pb;
@@ -30,13 +30,30 @@ impl WorkflowHealer {
     }
 }
 
-fn status(error: tonic::Status) -> HealError {
-    HealError(format!("{}: {}", error.code(), error.message()))
+impl WorkflowHealer {
+    async fn start(
+        &self,
+        deployment: &str,
+        workflow: &str,
+        parameters: serde_json::Value,
+    ) -> Result<String, HealError> {
+        let response = self
+            .client
+            .clone()
+            .start_execution(pb::StartExecutionRequest {
+                deployment_id: deployment.to_owned(),
+                workflow_id: workflow.to_owned(),
+                parameters_json: parameters.to_string(),
+                dry_run: false,
+            })
+            .await
+            .map_err(status)?;
+        Ok(response.into_inner().id)
+    }
 }
 
-#[async_trait]
-impl Healer for WorkflowHealer {
-    async fn active_executions(&self, deployment: &str) -> Result<Vec<ActiveExecution>, HealError> {
+impl WorkflowHealer {
+    async fn executions(&self, deployment: &str) -> Result<Vec<pb::Execution>, HealError> {
         let response = self
             .client
             .clone()
@@ -45,9 +62,20 @@ impl Healer for WorkflowHealer {
             })
             .await
             .map_err(status)?;
-        Ok(response
-            .into_inner()
-            .executions
+        Ok(response.into_inner().executions)
+    }
+}
+
+fn status(error: tonic::Status) -> HealError {
+    HealError(format!("{}: {}", error.code(), error.message()))
+}
+
+#[async_trait]
+impl Healer for WorkflowHealer {
+    async fn active_executions(&self, deployment: &str) -> Result<Vec<ActiveExecution>, HealError> {
+        Ok(self
+            .executions(deployment)
+            .await?
             .into_iter()
             .filter(|e| !ENDED.contains(&e.status.as_str()))
             .map(|e| ActiveExecution {
@@ -57,18 +85,30 @@ impl Healer for WorkflowHealer {
             .collect())
     }
 
+    async fn uninstalled(&self, deployment: &str) -> Result<bool, HealError> {
+        let mut executions = self.executions(deployment).await?;
+        executions.retain(|e| {
+            !e.is_dry_run && (e.workflow_id == "install" || e.workflow_id == "uninstall")
+        });
+        // RFC 3339 in UTC: in creation order as strings.
+        let latest = executions
+            .iter()
+            .max_by(|a, b| a.created_at.cmp(&b.created_at));
+        Ok(latest.is_some_and(|e| e.workflow_id == "uninstall"))
+    }
+
     async fn start_heal(&self, deployment: &str, instance: &str) -> Result<String, HealError> {
-        let response = self
-            .client
-            .clone()
-            .start_execution(pb::StartExecutionRequest {
-                deployment_id: deployment.to_owned(),
-                workflow_id: "heal".into(),
-                parameters_json: json!({ "node_instance_id": instance }).to_string(),
-                dry_run: false,
-            })
-            .await
-            .map_err(status)?;
-        Ok(response.into_inner().id)
+        let parameters = json!({ "node_instance_id": instance });
+        self.start(deployment, "heal", parameters).await
+    }
+
+    async fn start_scale(
+        &self,
+        deployment: &str,
+        group: &str,
+        delta: u32,
+    ) -> Result<String, HealError> {
+        let parameters = json!({ "scalable_entity_name": group, "delta": delta });
+        self.start(deployment, "scale", parameters).await
     }
 }

@@ -63,6 +63,10 @@ fn kind(body: &Body) -> &'static str {
         Body::Result(_) => "result",
         Body::Heartbeat(_) => "heartbeat",
         Body::Record(_) => "record",
+        Body::Tasks(_) => "task batch",
+        Body::Results(_) => "result batch",
+        Body::Heartbeats(_) => "heartbeat batch",
+        Body::Records(_) => "record batch",
     }
 }
 
@@ -117,7 +121,37 @@ fn value_text(value: &Value) -> String {
 }
 
 pub fn encode_task(task: &OperationTask) -> Vec<u8> {
-    envelope(Body::Task(pb::OperationTask {
+    envelope(Body::Task(task_to_pb(task)))
+}
+
+/// One task alone, several as a [`pb::TaskBatch`].
+pub fn encode_tasks(tasks: &[OperationTask]) -> Vec<u8> {
+    match tasks {
+        [task] => encode_task(task),
+        tasks => envelope(Body::Tasks(pb::TaskBatch {
+            tasks: tasks.iter().map(task_to_pb).collect(),
+        })),
+    }
+}
+
+pub fn decode_task(bytes: &[u8]) -> Result<OperationTask, CodecError> {
+    match open(bytes)? {
+        Body::Task(task) => task_from_pb(task),
+        other => Err(wrong("task", &other)),
+    }
+}
+
+/// The tasks of a body that holds one task or a batch of them.
+pub fn decode_tasks(bytes: &[u8]) -> Result<Vec<OperationTask>, CodecError> {
+    match open(bytes)? {
+        Body::Task(task) => Ok(vec![task_from_pb(task)?]),
+        Body::Tasks(batch) => batch.tasks.into_iter().map(task_from_pb).collect(),
+        other => Err(wrong("task", &other)),
+    }
+}
+
+fn task_to_pb(task: &OperationTask) -> pb::OperationTask {
+    pb::OperationTask {
         task_id: task.task_id.clone(),
         execution_id: task.execution_id.clone(),
         workflow_id: task.workflow_id.clone(),
@@ -138,14 +172,10 @@ pub fn encode_task(task: &OperationTask) -> Vec<u8> {
             source: Some(node_to_pb(&r.source)),
             target: Some(node_to_pb(&r.target)),
         }),
-    }))
+    }
 }
 
-pub fn decode_task(bytes: &[u8]) -> Result<OperationTask, CodecError> {
-    let task = match open(bytes)? {
-        Body::Task(task) => task,
-        other => return Err(wrong("task", &other)),
-    };
+fn task_from_pb(task: pb::OperationTask) -> Result<OperationTask, CodecError> {
     Ok(OperationTask {
         task_id: task.task_id,
         execution_id: task.execution_id,
@@ -196,6 +226,36 @@ fn node_from_pb(node: pb::TaskNode) -> Result<TaskNode, CodecError> {
 }
 
 pub fn encode_result(result: &TaskResult) -> Vec<u8> {
+    envelope(Body::Result(result_to_pb(result)))
+}
+
+/// One result alone, several as a [`pb::ResultBatch`].
+pub fn encode_results(results: &[TaskResult]) -> Vec<u8> {
+    match results {
+        [result] => encode_result(result),
+        results => envelope(Body::Results(pb::ResultBatch {
+            results: results.iter().map(result_to_pb).collect(),
+        })),
+    }
+}
+
+pub fn decode_result(bytes: &[u8]) -> Result<TaskResult, CodecError> {
+    match open(bytes)? {
+        Body::Result(result) => result_from_pb(result),
+        other => Err(wrong("result", &other)),
+    }
+}
+
+/// The results of a body that holds one result or a batch of them.
+pub fn decode_results(bytes: &[u8]) -> Result<Vec<TaskResult>, CodecError> {
+    match open(bytes)? {
+        Body::Result(result) => Ok(vec![result_from_pb(result)?]),
+        Body::Results(batch) => batch.results.into_iter().map(result_from_pb).collect(),
+        other => Err(wrong("result", &other)),
+    }
+}
+
+fn result_to_pb(result: &TaskResult) -> pb::TaskResult {
     let outcome = match &result.outcome {
         TaskOutcome::Succeeded { result } => pb::task_result::Outcome::Succeeded(pb::Succeeded {
             result_json: value_text(result),
@@ -210,7 +270,7 @@ pub fn encode_result(result: &TaskResult) -> Vec<u8> {
             retry_after_s: *retry_after_s,
         }),
     };
-    envelope(Body::Result(pb::TaskResult {
+    pb::TaskResult {
         task_id: result.task_id.clone(),
         execution_id: result.execution_id.clone(),
         outcome: Some(outcome),
@@ -219,14 +279,10 @@ pub fn encode_result(result: &TaskResult) -> Vec<u8> {
             .iter()
             .map(|(id, properties)| (id.clone(), Value::Object(properties.clone()).to_string()))
             .collect(),
-    }))
+    }
 }
 
-pub fn decode_result(bytes: &[u8]) -> Result<TaskResult, CodecError> {
-    let result = match open(bytes)? {
-        Body::Result(result) => result,
-        other => return Err(wrong("result", &other)),
-    };
+fn result_from_pb(result: pb::TaskResult) -> Result<TaskResult, CodecError> {
     let outcome = match result.outcome {
         Some(pb::task_result::Outcome::Succeeded(s)) => TaskOutcome::Succeeded {
             result: json_value("result_json", &s.result_json)?,
@@ -257,28 +313,98 @@ pub fn decode_result(bytes: &[u8]) -> Result<TaskResult, CodecError> {
 }
 
 pub fn encode_heartbeat(beat: &Heartbeat) -> Vec<u8> {
-    envelope(Body::Heartbeat(pb::Heartbeat {
-        agent: beat.agent.clone(),
-        sequence: beat.sequence,
-        sent_at_ms: beat.sent_at_ms,
-    }))
+    envelope(Body::Heartbeat(heartbeat_to_pb(beat)))
+}
+
+/// One beat alone, several as a [`pb::HeartbeatBatch`].
+pub fn encode_heartbeats(beats: &[Heartbeat]) -> Vec<u8> {
+    match beats {
+        [beat] => encode_heartbeat(beat),
+        beats => envelope(Body::Heartbeats(pb::HeartbeatBatch {
+            beats: beats.iter().map(heartbeat_to_pb).collect(),
+        })),
+    }
 }
 
 pub fn decode_heartbeat(bytes: &[u8]) -> Result<Heartbeat, CodecError> {
     match open(bytes)? {
-        Body::Heartbeat(beat) => Ok(Heartbeat {
-            agent: beat.agent,
-            sequence: beat.sequence,
-            sent_at_ms: beat.sent_at_ms,
-        }),
+        Body::Heartbeat(beat) => heartbeat_from_pb(beat),
         other => Err(wrong("heartbeat", &other)),
     }
 }
 
+/// The beats of a body that holds one heartbeat or a batch of them.
+pub fn decode_heartbeats(bytes: &[u8]) -> Result<Vec<Heartbeat>, CodecError> {
+    match open(bytes)? {
+        Body::Heartbeat(beat) => Ok(vec![heartbeat_from_pb(beat)?]),
+        Body::Heartbeats(batch) => batch.beats.into_iter().map(heartbeat_from_pb).collect(),
+        other => Err(wrong("heartbeat", &other)),
+    }
+}
+
+fn heartbeat_to_pb(beat: &Heartbeat) -> pb::Heartbeat {
+    pb::Heartbeat {
+        agent: beat.agent.clone(),
+        sequence: beat.sequence,
+        sent_at_ms: beat.sent_at_ms,
+        deployment_id: beat.deployment_id.clone(),
+        node_instance_id: beat.node_instance_id.clone(),
+        metrics: beat.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+    }
+}
+
+/// A beat must name its agent: one without a name cannot be told from any other.
+fn heartbeat_from_pb(beat: pb::Heartbeat) -> Result<Heartbeat, CodecError> {
+    if beat.agent.is_empty() {
+        return Err(CodecError::Field {
+            field: "agent",
+            detail: "empty: a heartbeat must name its agent".into(),
+        });
+    }
+    Ok(Heartbeat {
+        agent: beat.agent,
+        sequence: beat.sequence,
+        sent_at_ms: beat.sent_at_ms,
+        deployment_id: beat.deployment_id,
+        node_instance_id: beat.node_instance_id,
+        metrics: beat.metrics.into_iter().collect(),
+    })
+}
+
 pub fn encode_record(record: &EventRecord) -> Vec<u8> {
+    envelope(Body::Record(record_to_pb(record)))
+}
+
+/// One record alone, several as a [`pb::RecordBatch`].
+pub fn encode_records(records: &[EventRecord]) -> Vec<u8> {
+    match records {
+        [record] => encode_record(record),
+        records => envelope(Body::Records(pb::RecordBatch {
+            records: records.iter().map(record_to_pb).collect(),
+        })),
+    }
+}
+
+pub fn decode_record(bytes: &[u8]) -> Result<EventRecord, CodecError> {
+    match open(bytes)? {
+        Body::Record(record) => record_from_pb(record),
+        other => Err(wrong("record", &other)),
+    }
+}
+
+/// The records of a body that holds one record or a batch of them.
+pub fn decode_records(bytes: &[u8]) -> Result<Vec<EventRecord>, CodecError> {
+    match open(bytes)? {
+        Body::Record(record) => Ok(vec![record_from_pb(record)?]),
+        Body::Records(batch) => batch.records.into_iter().map(record_from_pb).collect(),
+        other => Err(wrong("record", &other)),
+    }
+}
+
+fn record_to_pb(record: &EventRecord) -> pb::EventRecord {
     let event = &record.event;
     let c = &event.context;
-    envelope(Body::Record(pb::EventRecord {
+    pb::EventRecord {
         id: record.id.clone(),
         r#type: event.kind.clone(),
         event_type: event.event_type.clone(),
@@ -303,14 +429,10 @@ pub fn encode_record(record: &EventRecord) -> Vec<u8> {
             target_id: c.target_id.clone(),
             target_name: c.target_name.clone(),
         }),
-    }))
+    }
 }
 
-pub fn decode_record(bytes: &[u8]) -> Result<EventRecord, CodecError> {
-    let record = match open(bytes)? {
-        Body::Record(record) => record,
-        other => return Err(wrong("record", &other)),
-    };
+fn record_from_pb(record: pb::EventRecord) -> Result<EventRecord, CodecError> {
     let c = record.context.unwrap_or_default();
     Ok(EventRecord {
         id: record.id,
@@ -391,6 +513,19 @@ mod tests {
         assert_eq!(decode_task(&encode_task(&task)).unwrap(), task);
         let plain = OperationTask::default();
         assert_eq!(decode_task(&encode_task(&plain)).unwrap(), plain);
+        // A batch, and a lone task read as a batch of one.
+        let batch = vec![task.clone(), plain.clone(), task.clone()];
+        assert_eq!(decode_tasks(&encode_tasks(&batch)).unwrap(), batch);
+        assert_eq!(
+            encode_tasks(std::slice::from_ref(&task)),
+            encode_task(&task)
+        );
+        assert_eq!(decode_tasks(&encode_task(&task)).unwrap(), [task]);
+        let batch_body = encode_tasks(&batch);
+        assert_eq!(
+            decode_task(&batch_body).unwrap_err().to_string(),
+            "expected a task body, got task batch"
+        );
     }
 
     #[test]
@@ -411,16 +546,48 @@ mod tests {
         };
         result.runtime_properties.clear();
         assert_eq!(decode_result(&encode_result(&result)).unwrap(), result);
+        let mut other = result.clone();
+        other.task_id = "u".into();
+        let batch = vec![result.clone(), other];
+        assert_eq!(decode_results(&encode_results(&batch)).unwrap(), batch);
+        assert_eq!(decode_results(&encode_result(&result)).unwrap(), [result]);
     }
 
     #[test]
     fn heartbeats_and_records_round_trip() {
-        let beat = Heartbeat {
+        let mut beat = Heartbeat {
             agent: "hollow-7".into(),
             sequence: 42,
             sent_at_ms: 1_700_000_000_000,
+            ..Heartbeat::default()
         };
         assert_eq!(decode_heartbeat(&encode_heartbeat(&beat)).unwrap(), beat);
+        beat.deployment_id = "d1".into();
+        beat.node_instance_id = "host_x1".into();
+        beat.metrics.insert("load".into(), 0.75);
+        assert_eq!(decode_heartbeat(&encode_heartbeat(&beat)).unwrap(), beat);
+        // A batch, and a lone beat read as a batch of one (what real agents send).
+        let other = Heartbeat {
+            agent: "hollow-8".into(),
+            sequence: 3,
+            ..Heartbeat::default()
+        };
+        let batch = vec![beat.clone(), other];
+        assert_eq!(
+            decode_heartbeats(&encode_heartbeats(&batch)).unwrap(),
+            batch
+        );
+        assert_eq!(
+            encode_heartbeats(std::slice::from_ref(&beat)),
+            encode_heartbeat(&beat)
+        );
+        assert_eq!(decode_heartbeats(&encode_heartbeat(&beat)).unwrap(), [beat]);
+        assert_eq!(
+            decode_heartbeat(&encode_heartbeats(&batch))
+                .unwrap_err()
+                .to_string(),
+            "expected a heartbeat body, got heartbeat batch"
+        );
         let record = EventRecord {
             id: "a-1".into(),
             level: Some("info".into()),
@@ -443,6 +610,20 @@ mod tests {
             },
         };
         assert_eq!(decode_record(&encode_record(&record)).unwrap(), record);
+        let mut other = record.clone();
+        other.id = "a-2".into();
+        let records = vec![record.clone(), other];
+        assert_eq!(decode_records(&encode_records(&records)).unwrap(), records);
+        assert_eq!(
+            encode_records(std::slice::from_ref(&record)),
+            encode_record(&record)
+        );
+        assert_eq!(
+            decode_record(&encode_records(&records))
+                .unwrap_err()
+                .to_string(),
+            "expected a record body, got record batch"
+        );
     }
 
     #[test]
@@ -464,8 +645,7 @@ mod tests {
         );
         let beat = encode_heartbeat(&Heartbeat {
             agent: "a".into(),
-            sequence: 0,
-            sent_at_ms: 0,
+            ..Heartbeat::default()
         });
         assert_eq!(err(&beat), "expected a task body, got heartbeat");
         let bad_json = envelope(Body::Task(pb::OperationTask {
@@ -475,6 +655,52 @@ mod tests {
         assert_eq!(
             err(&bad_json),
             "field inputs_json: a JSON object was expected, not [1]"
+        );
+        // One bad task in a batch refuses the batch, saying why.
+        let bad_batch = envelope(Body::Tasks(pb::TaskBatch {
+            tasks: vec![
+                pb::OperationTask::default(),
+                pb::OperationTask {
+                    inputs_json: "{".into(),
+                    ..Default::default()
+                },
+            ],
+        }));
+        let error = decode_tasks(&bad_batch).unwrap_err().to_string();
+        assert!(
+            error.starts_with("field inputs_json: invalid JSON"),
+            "{error}"
+        );
+        assert_eq!(
+            decode_results(&encode_tasks(&[])).unwrap_err().to_string(),
+            "expected a result body, got task batch"
+        );
+    }
+
+    #[test]
+    fn malformed_heartbeat_batches_are_refused() {
+        let beat = |agent: &str| Heartbeat {
+            agent: agent.into(),
+            ..Heartbeat::default()
+        };
+        // A beat without its agent's name refuses its batch.
+        let nameless = encode_heartbeats(&[beat("a"), beat("")]);
+        assert_eq!(
+            decode_heartbeats(&nameless).unwrap_err().to_string(),
+            "field agent: empty: a heartbeat must name its agent"
+        );
+        // A cut-off batch is not protobuf.
+        let batch = encode_heartbeats(&[beat("a"), beat("b")]);
+        let cut = decode_heartbeats(&batch[..batch.len() - 1])
+            .unwrap_err()
+            .to_string();
+        assert!(cut.starts_with("not a drover bus body"), "{cut}");
+        // Other bodies are not heartbeats.
+        assert_eq!(
+            decode_heartbeats(&encode_tasks(&[]))
+                .unwrap_err()
+                .to_string(),
+            "expected a heartbeat body, got task batch"
         );
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Idempotency is the driver's contract, not the caller's hope: every server carries the node
 //! instance id it was made for (its *key*) and the deployment id as tags, and creating a key
-//! that already has a server adopts that server. So a create retried after a lost response, a
+//! that already has a server in that deployment adopts that server. Node instance ids repeat
+//! across deployments, so creates, deletes and the journal always match both. So a create retried after a lost response, a
 //! resumed execution or a duplicated request never makes a second server.
 
 use std::collections::BTreeMap;
@@ -31,6 +32,46 @@ pub struct ServerSpec {
     pub properties: Map,
 }
 
+impl ServerSpec {
+    /// A spec with no properties (the driver's defaults).
+    pub fn new(key: impl Into<String>, deployment_id: impl Into<String>) -> Self {
+        ServerSpec {
+            key: key.into(),
+            deployment_id: deployment_id.into(),
+            properties: Map::new(),
+        }
+    }
+
+    /// The key of the server this spec makes.
+    pub fn server_key(&self) -> ServerKey {
+        ServerKey::new(&self.key, &self.deployment_id)
+    }
+}
+
+/// Which servers a delete frees: those made for node instance `key` of `deployment_id`. A
+/// node instance id is unique within its deployment only, so a delete names both and never
+/// touches another deployment's server of the same id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ServerKey {
+    pub deployment_id: String,
+    /// The node instance id.
+    pub key: String,
+}
+
+impl ServerKey {
+    pub fn new(key: impl Into<String>, deployment_id: impl Into<String>) -> Self {
+        ServerKey {
+            deployment_id: deployment_id.into(),
+            key: key.into(),
+        }
+    }
+
+    /// Whether `server` was made for this key.
+    pub fn owns(&self, server: &Server) -> bool {
+        server.key == self.key && server.deployment_id == self.deployment_id
+    }
+}
+
 /// A server as the cloud reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Server {
@@ -44,6 +85,20 @@ pub struct Server {
 }
 
 impl Server {
+    /// A server made for `key` of `deployment_id`, tagged with both as every driver tags.
+    pub fn tagged(id: String, key: &str, deployment_id: &str, private_ip: String) -> Self {
+        Server {
+            id,
+            key: key.to_owned(),
+            deployment_id: deployment_id.to_owned(),
+            private_ip,
+            tags: BTreeMap::from([
+                (TAG_NODE_INSTANCE.to_owned(), key.to_owned()),
+                (TAG_DEPLOYMENT.to_owned(), deployment_id.to_owned()),
+            ]),
+        }
+    }
+
     /// The runtime properties a Compute node instance gets from its server: `ip`, and
     /// `external_id` as Cloudify's cloud plugins name the cloud's id.
     pub fn runtime_properties(&self) -> Map {
@@ -97,11 +152,11 @@ pub trait CloudDriver: Send + Sync {
         specs: &'a [ServerSpec],
     ) -> DriverFuture<'a, Vec<Result<Server, CloudError>>>;
 
-    /// Deletes every server carrying each key; a key with no server is already deleted.
-    /// Results are in the order of `keys`.
+    /// Deletes every server carrying each key (its deployment's and node instance's tags); a
+    /// key with no server is already deleted. Results are in the order of `keys`.
     fn delete_servers<'a>(
         &'a self,
-        keys: &'a [String],
+        keys: &'a [ServerKey],
     ) -> DriverFuture<'a, Vec<Result<(), CloudError>>>;
 
     /// The servers drover tagged, of one deployment or of all.

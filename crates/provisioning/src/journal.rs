@@ -1,14 +1,16 @@
 //! The creation journal: what a driver must remember across a crash to stay idempotent on a
 //! cloud whose lists are eventually consistent.
 //!
-//! The cloud's metadata is the source of truth (every server carries its node instance id),
-//! but a server created a moment ago may not show in lists yet. So before each create request
-//! the driver records an *intent* for the key (fsynced), and the server's id once the cloud
+//! The cloud's metadata is the source of truth (every server carries its deployment and node
+//! instance id), but a server created a moment ago may not show in lists yet. So before each
+//! create request the driver records an *intent* for the key (fsynced), and the server's id once the cloud
 //! answers. Whoever creates or deletes that key later — this process after a retry, or a
 //! restarted one after a `kill -9` — knows that a server may exist that lists do not show yet:
 //! it waits until the intent is older than the cloud's consistency window before trusting a
 //! list, and deletes the ids recorded even when lists miss them. A key is forgotten once its
-//! servers are deleted.
+//! servers are deleted. Keys are [`ServerKey`]s (deployment and node instance), as node
+//! instance ids repeat across deployments; lines written before the journal recorded the
+//! deployment read as deployment `""`, which no key names.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
@@ -19,6 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::driver::ServerKey;
+
 /// What the journal knows of one key.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct KeyRecord {
@@ -28,18 +32,55 @@ pub struct KeyRecord {
     pub server_ids: BTreeSet<String>,
 }
 
-/// One line of the journal file.
+/// One line of the journal file; `deployment` and `key` together name a [`ServerKey`].
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Entry {
     /// A create request for `key` is about to be sent, at `at_ms` (Unix milliseconds).
-    Intent { key: String, at_ms: u64 },
+    Intent {
+        #[serde(default)]
+        deployment: String,
+        key: String,
+        at_ms: u64,
+    },
     /// The cloud made server `id` for `key`.
-    Created { key: String, id: String },
+    Created {
+        #[serde(default)]
+        deployment: String,
+        key: String,
+        id: String,
+    },
     /// Server `id` of `key` is deleted.
-    Deleted { key: String, id: String },
+    Deleted {
+        #[serde(default)]
+        deployment: String,
+        key: String,
+        id: String,
+    },
     /// Every server of `key` is deleted.
-    Forgotten { key: String },
+    Forgotten {
+        #[serde(default)]
+        deployment: String,
+        key: String,
+    },
+}
+
+impl Entry {
+    /// The key the entry is about.
+    fn server_key(&self) -> ServerKey {
+        match self {
+            Entry::Intent {
+                deployment, key, ..
+            }
+            | Entry::Created {
+                deployment, key, ..
+            }
+            | Entry::Deleted {
+                deployment, key, ..
+            }
+            | Entry::Forgotten { deployment, key } => ServerKey::new(key, deployment),
+        }
+    }
 }
 
 /// A journal failed to persist: creating without it could duplicate servers after a crash.
@@ -53,7 +94,7 @@ pub struct JournalError {
 /// The journal, in memory and, when opened on a file, in an append-only JSON-lines file
 /// written with `fsync` before the cloud request it announces.
 pub struct Journal {
-    keys: Mutex<HashMap<String, KeyRecord>>,
+    keys: Mutex<HashMap<ServerKey, KeyRecord>>,
     file: Option<(PathBuf, Mutex<File>)>,
 }
 
@@ -74,7 +115,7 @@ impl Journal {
             path: path.to_owned(),
             source,
         };
-        let mut keys: HashMap<String, KeyRecord> = HashMap::new();
+        let mut keys: HashMap<ServerKey, KeyRecord> = HashMap::new();
         match File::open(path) {
             Ok(file) => {
                 for line in BufReader::new(file).lines() {
@@ -113,43 +154,60 @@ impl Journal {
         })
     }
 
-    fn keys(&self) -> MutexGuard<'_, HashMap<String, KeyRecord>> {
+    fn keys(&self) -> MutexGuard<'_, HashMap<ServerKey, KeyRecord>> {
         self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// What the journal knows of `key` (a default record when nothing).
-    pub fn get(&self, key: &str) -> KeyRecord {
+    pub fn get(&self, key: &ServerKey) -> KeyRecord {
         self.keys().get(key).cloned().unwrap_or_default()
     }
 
+    /// The newest create request announced for any key of `deployment_id` (of every
+    /// deployment when `None`): until the consistency window has passed since then, a list of
+    /// those servers may miss one.
+    pub fn newest_intent(&self, deployment_id: Option<&str>) -> Option<SystemTime> {
+        self.keys()
+            .iter()
+            .filter(|(key, _)| deployment_id.is_none_or(|d| key.deployment_id == d))
+            .filter_map(|(_, record)| record.last_intent)
+            .max()
+    }
+
     /// Records that a create request for `key` is about to go out.
-    pub fn intent(&self, key: &str) -> Result<(), JournalError> {
+    pub fn intent(&self, key: &ServerKey) -> Result<(), JournalError> {
         let at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as u64;
         self.record(Entry::Intent {
-            key: key.into(),
+            deployment: key.deployment_id.clone(),
+            key: key.key.clone(),
             at_ms,
         })
     }
 
-    pub fn created(&self, key: &str, id: &str) -> Result<(), JournalError> {
+    pub fn created(&self, key: &ServerKey, id: &str) -> Result<(), JournalError> {
         self.record(Entry::Created {
-            key: key.into(),
+            deployment: key.deployment_id.clone(),
+            key: key.key.clone(),
             id: id.into(),
         })
     }
 
-    pub fn deleted(&self, key: &str, id: &str) -> Result<(), JournalError> {
+    pub fn deleted(&self, key: &ServerKey, id: &str) -> Result<(), JournalError> {
         self.record(Entry::Deleted {
-            key: key.into(),
+            deployment: key.deployment_id.clone(),
+            key: key.key.clone(),
             id: id.into(),
         })
     }
 
-    pub fn forget(&self, key: &str) -> Result<(), JournalError> {
-        self.record(Entry::Forgotten { key: key.into() })
+    pub fn forget(&self, key: &ServerKey) -> Result<(), JournalError> {
+        self.record(Entry::Forgotten {
+            deployment: key.deployment_id.clone(),
+            key: key.key.clone(),
+        })
     }
 
     fn record(&self, entry: Entry) -> Result<(), JournalError> {
@@ -171,37 +229,40 @@ fn line(entry: &Entry) -> String {
     serde_json::to_string(entry).unwrap_or_default()
 }
 
-fn apply(keys: &mut HashMap<String, KeyRecord>, entry: Entry) {
+fn apply(keys: &mut HashMap<ServerKey, KeyRecord>, entry: Entry) {
+    let key = entry.server_key();
     match entry {
-        Entry::Intent { key, at_ms } => {
+        Entry::Intent { at_ms, .. } => {
             keys.entry(key).or_default().last_intent =
                 Some(UNIX_EPOCH + Duration::from_millis(at_ms));
         }
-        Entry::Created { key, id } => {
+        Entry::Created { id, .. } => {
             keys.entry(key).or_default().server_ids.insert(id);
         }
-        Entry::Deleted { key, id } => {
+        Entry::Deleted { id, .. } => {
             if let Some(record) = keys.get_mut(&key) {
                 record.server_ids.remove(&id);
             }
         }
-        Entry::Forgotten { key } => {
+        Entry::Forgotten { .. } => {
             keys.remove(&key);
         }
     }
 }
 
 /// The entries that rebuild `record`.
-fn entries(key: &str, record: &KeyRecord) -> Vec<Entry> {
+fn entries(key: &ServerKey, record: &KeyRecord) -> Vec<Entry> {
     let intent = record.last_intent.map(|at| Entry::Intent {
-        key: key.into(),
+        deployment: key.deployment_id.clone(),
+        key: key.key.clone(),
         at_ms: at
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as u64,
     });
     let created = record.server_ids.iter().map(|id| Entry::Created {
-        key: key.into(),
+        deployment: key.deployment_id.clone(),
+        key: key.key.clone(),
         id: id.clone(),
     });
     intent.into_iter().chain(created).collect()
@@ -215,29 +276,64 @@ mod tests {
     fn a_reopened_journal_remembers_intents_and_live_ids_only() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.jsonl");
+        let key = |k: &str| ServerKey::new(k, "d");
         {
             let journal = Journal::open(&path).unwrap();
-            journal.intent("a").unwrap();
-            journal.created("a", "id-1").unwrap();
-            journal.created("a", "id-2").unwrap();
-            journal.deleted("a", "id-1").unwrap();
-            journal.intent("b").unwrap();
-            journal.created("b", "id-3").unwrap();
-            journal.forget("b").unwrap();
-            journal.intent("c").unwrap();
+            journal.intent(&key("a")).unwrap();
+            journal.created(&key("a"), "id-1").unwrap();
+            journal.created(&key("a"), "id-2").unwrap();
+            journal.deleted(&key("a"), "id-1").unwrap();
+            journal.intent(&key("b")).unwrap();
+            journal.created(&key("b"), "id-3").unwrap();
+            journal.forget(&key("b")).unwrap();
+            journal.intent(&key("c")).unwrap();
         }
         // A write cut short by a crash leaves half a line.
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
         write!(file, "{{\"created\":{{\"key\":\"c\",").unwrap();
         drop(file);
         let journal = Journal::open(&path).unwrap();
-        let a = journal.get("a");
+        let a = journal.get(&key("a"));
         assert!(a.last_intent.is_some());
         assert_eq!(a.server_ids, BTreeSet::from(["id-2".to_string()]));
-        assert_eq!(journal.get("b"), KeyRecord::default());
-        assert!(journal.get("c").last_intent.is_some());
-        assert!(journal.get("c").server_ids.is_empty());
+        assert_eq!(journal.get(&key("b")), KeyRecord::default());
+        assert!(journal.get(&key("c")).last_intent.is_some());
+        assert!(journal.get(&key("c")).server_ids.is_empty());
         let lines = std::fs::read_to_string(&path).unwrap().lines().count();
         assert_eq!(lines, 3, "compacted to a's intent and id and c's intent");
     }
+
+    #[test]
+    fn one_node_instance_id_in_two_deployments_is_two_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let (d1, d2) = (ServerKey::new("a", "d1"), ServerKey::new("a", "d2"));
+        {
+            let journal = Journal::open(&path).unwrap();
+            journal.created(&d1, "id-1").unwrap();
+            journal.created(&d2, "id-2").unwrap();
+            journal.forget(&d2).unwrap();
+        }
+        let journal = Journal::open(&path).unwrap();
+        assert_eq!(
+            journal.get(&d1).server_ids,
+            BTreeSet::from(["id-1".to_string()])
+        );
+        assert_eq!(journal.get(&d2), KeyRecord::default());
+    }
+
+    #[test]
+    fn the_newest_intent_is_per_deployment() {
+        let journal = Journal::in_memory();
+        assert_eq!(journal.newest_intent(None), None);
+        journal.intent(&ServerKey::new("a", "d1")).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        journal.intent(&ServerKey::new("b", "d2")).unwrap();
+        let d1 = journal.newest_intent(Some("d1")).unwrap();
+        let d2 = journal.newest_intent(Some("d2")).unwrap();
+        assert!(d1 < d2, "{d1:?} {d2:?}");
+        assert_eq!(journal.newest_intent(None), Some(d2));
+        assert_eq!(journal.newest_intent(Some("d3")), None);
+    }
+
 }

@@ -7,16 +7,20 @@
 
 pub mod driver;
 pub mod journal;
+pub mod metrics;
 pub mod nova;
 pub mod process;
 pub mod provisioner;
 pub mod service;
 pub mod sim;
+pub mod testing;
 
 pub use driver::{
-    CloudDriver, CloudError, DriverFuture, Server, ServerSpec, TAG_DEPLOYMENT, TAG_NODE_INSTANCE,
+    CloudDriver, CloudError, DriverFuture, Server, ServerKey, ServerSpec, TAG_DEPLOYMENT,
+    TAG_NODE_INSTANCE,
 };
 pub use journal::{Journal, JournalError};
+pub use metrics::Metrics;
 pub use nova::{NovaAccount, NovaDriver, NovaPolicy, RequestPolicy};
 pub use process::ProcessCloud;
 pub use provisioner::{ProvisionError, Provisioner, ProvisionerConfig, Reconciled};

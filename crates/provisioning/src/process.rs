@@ -5,7 +5,7 @@
 //! (`DROVER_CLOUD`, `DROVER_DEPLOYMENT_ID`, `DROVER_NODE_INSTANCE_ID`), and listing reads them
 //! back from `/proc/<pid>/environ`. So, as with cloud metadata, nothing is kept on the side
 //! that a crash could lose: a create finds the process already running for its key and adopts
-//! it, and a delete kills whatever carries the key. The server id is the pid, its address
+//! it, and a delete kills whatever carries the key in its deployment. The server id is the pid, its address
 //! 127.0.0.1. Linux only (it reads `/proc`).
 
 use std::collections::BTreeMap;
@@ -15,13 +15,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use crate::driver::{
-    CloudDriver, CloudError, DriverFuture, Server, ServerSpec, TAG_DEPLOYMENT, TAG_NODE_INSTANCE,
-};
+use crate::driver::{CloudDriver, CloudError, DriverFuture, Server, ServerKey, ServerSpec};
 
 const ENV_CLOUD: &str = "DROVER_CLOUD";
 const ENV_DEPLOYMENT: &str = "DROVER_DEPLOYMENT_ID";
 const ENV_NODE_INSTANCE: &str = "DROVER_NODE_INSTANCE_ID";
+/// Every process server's address.
+const LOCALHOST: &str = "127.0.0.1";
+/// How long a new process may take to exec (and show its tags).
+const EXEC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Local processes as servers.
 pub struct ProcessCloud {
@@ -51,53 +53,43 @@ impl ProcessCloud {
     fn processes(&self) -> Result<Vec<Server>, CloudError> {
         let proc_dir = std::fs::read_dir("/proc")
             .map_err(|e| CloudError::Permanent(format!("reading /proc: {e}")))?;
-        let mut servers = Vec::new();
-        for entry in proc_dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            // Processes we may not read or that exited meanwhile are not ours to list.
-            let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-                continue;
-            };
-            if is_zombie(pid) {
-                continue;
-            }
-            let env: BTreeMap<String, String> = environ
-                .split(|&b| b == 0)
-                .filter_map(|var| {
-                    let var = std::str::from_utf8(var).ok()?;
-                    let (k, v) = var.split_once('=')?;
-                    Some((k.to_owned(), v.to_owned()))
-                })
-                .collect();
-            if env.get(ENV_CLOUD) != Some(&self.name) {
-                continue;
-            }
-            let (Some(deployment), Some(key)) =
-                (env.get(ENV_DEPLOYMENT), env.get(ENV_NODE_INSTANCE))
-            else {
-                continue;
-            };
-            servers.push(Server {
-                id: pid.to_string(),
-                key: key.clone(),
-                deployment_id: deployment.clone(),
-                private_ip: "127.0.0.1".into(),
-                tags: BTreeMap::from([
-                    (TAG_NODE_INSTANCE.to_owned(), key.clone()),
-                    (TAG_DEPLOYMENT.to_owned(), deployment.clone()),
-                ]),
-            });
-        }
-        Ok(servers)
+        Ok(proc_dir
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(|pid| self.server(pid))
+            .collect())
     }
 
-    fn spawn(&self, spec: &ServerSpec) -> Result<Server, CloudError> {
+    /// The server process `pid` is, if it is one of this cloud's: its environment carries the
+    /// tags. Until its exec, a new process still has its spawner's environment.
+    fn server(&self, pid: u32) -> Option<Server> {
+        // Processes we may not read or that exited meanwhile are not ours to list.
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        if is_zombie(pid) {
+            return None;
+        }
+        let env: BTreeMap<String, String> = environ
+            .split(|&b| b == 0)
+            .filter_map(|var| {
+                let var = std::str::from_utf8(var).ok()?;
+                let (k, v) = var.split_once('=')?;
+                Some((k.to_owned(), v.to_owned()))
+            })
+            .collect();
+        if env.get(ENV_CLOUD) != Some(&self.name) {
+            return None;
+        }
+        let deployment = env.get(ENV_DEPLOYMENT)?;
+        let key = env.get(ENV_NODE_INSTANCE)?;
+        Some(Server::tagged(
+            pid.to_string(),
+            key,
+            deployment,
+            LOCALHOST.into(),
+        ))
+    }
+
+    async fn spawn(&self, spec: &ServerSpec) -> Result<Server, CloudError> {
         let child = tokio::process::Command::new(&self.program)
             .args(&self.args)
             .env(ENV_CLOUD, &self.name)
@@ -117,16 +109,25 @@ impl ProcessCloud {
             .ok_or_else(|| CloudError::Transient("the process exited at once".into()))?;
         // Dropped, the child keeps running; tokio reaps it when it exits.
         drop(child);
-        Ok(Server {
-            id: pid.to_string(),
-            key: spec.key.clone(),
-            deployment_id: spec.deployment_id.clone(),
-            private_ip: "127.0.0.1".into(),
-            tags: BTreeMap::from([
-                (TAG_NODE_INSTANCE.to_owned(), spec.key.clone()),
-                (TAG_DEPLOYMENT.to_owned(), spec.deployment_id.clone()),
-            ]),
-        })
+        // Made once a list can see it, so a create right after adopts it instead of starting
+        // a second one.
+        let deadline = Instant::now() + EXEC_TIMEOUT;
+        loop {
+            if let Some(server) = self.server(pid) {
+                return Ok(server);
+            }
+            if !alive(pid as libc::pid_t) {
+                return Err(CloudError::Transient("the process exited at once".into()));
+            }
+            if Instant::now() >= deadline {
+                self.kill(pid).await?;
+                return Err(CloudError::Transient(format!(
+                    "process {pid} did not start {} within {EXEC_TIMEOUT:?}",
+                    self.program.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// SIGTERM, then SIGKILL after the grace period; a process already gone is fine.
@@ -177,31 +178,30 @@ impl CloudDriver for ProcessCloud {
         Box::pin(async move {
             let _one_at_a_time = self.creating.lock().await;
             let existing = self.processes()?;
-            Ok(specs
-                .iter()
-                .map(|spec| {
-                    match existing
-                        .iter()
-                        .find(|s| s.key == spec.key && s.deployment_id == spec.deployment_id)
-                    {
-                        Some(server) => Ok(server.clone()),
-                        None => self.spawn(spec),
-                    }
-                })
-                .collect())
+            let mut results = Vec::with_capacity(specs.len());
+            for spec in specs {
+                let adopted = existing
+                    .iter()
+                    .find(|s| s.key == spec.key && s.deployment_id == spec.deployment_id);
+                results.push(match adopted {
+                    Some(server) => Ok(server.clone()),
+                    None => self.spawn(spec).await,
+                });
+            }
+            Ok(results)
         })
     }
 
     fn delete_servers<'a>(
         &'a self,
-        keys: &'a [String],
+        keys: &'a [ServerKey],
     ) -> DriverFuture<'a, Vec<Result<(), CloudError>>> {
         Box::pin(async move {
             let existing = self.processes()?;
             let mut results = Vec::with_capacity(keys.len());
             for key in keys {
                 let mut result = Ok(());
-                for server in existing.iter().filter(|s| &s.key == key) {
+                for server in existing.iter().filter(|s| key.owns(s)) {
                     let pid = server.id.parse().unwrap_or_default();
                     if let Err(e) = self.kill(pid).await {
                         result = Err(e);
@@ -229,11 +229,7 @@ mod tests {
     use super::*;
 
     fn spec(key: &str) -> ServerSpec {
-        ServerSpec {
-            key: key.into(),
-            deployment_id: "d".into(),
-            properties: Default::default(),
-        }
+        ServerSpec::new(key, "d")
     }
 
     #[tokio::test]
@@ -253,9 +249,22 @@ mod tests {
             .collect();
         listed.sort();
         assert_eq!(listed, ["a", "b", "c"]);
-        let keys: Vec<String> = ["a", "b", "c", "never-made"].map(String::from).into();
+        // The same node instance id in another deployment is another server.
+        let other = cloud
+            .create_servers(&[ServerSpec::new("a", "d2")])
+            .await
+            .unwrap();
+        assert_ne!(made[0], other[0]);
+        let keys = ["a", "b", "c", "never-made"].map(|k| ServerKey::new(k, "d"));
         let deleted = cloud.delete_servers(&keys).await.unwrap();
         assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+        let left = cloud.list_servers(None).await.unwrap();
+        assert_eq!(left, [other[0].clone().unwrap()], "d2's a is left");
+        let deleted = cloud
+            .delete_servers(&[ServerKey::new("a", "d2")])
+            .await
+            .unwrap();
+        assert!(deleted[0].is_ok());
         assert!(cloud.list_servers(None).await.unwrap().is_empty());
         let pid: u32 = made[0].as_ref().unwrap().id.parse().unwrap();
         assert!(!alive(pid as libc::pid_t));

@@ -19,7 +19,8 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::driver::{CloudDriver, CloudError, Server, ServerSpec};
+use crate::driver::{CloudDriver, CloudError, Server, ServerKey, ServerSpec};
+use crate::sim::{SimCloud, SimConfig};
 
 /// Policies for one cloud account.
 #[derive(Debug, Clone)]
@@ -82,6 +83,19 @@ impl Provisioner {
         }
     }
 
+    /// The `sim` cloud in this process, instant and reliable, paced for a local run rather than
+    /// a real cloud's limits: what `drover local` provisions with. Its servers live as long as
+    /// the process; deleting a server it does not know succeeds.
+    pub fn in_memory() -> Self {
+        let config = ProvisionerConfig {
+            requests_per_second: NonZeroU32::new(10_000).unwrap_or(NonZeroU32::MIN),
+            burst: NonZeroU32::new(1_000).unwrap_or(NonZeroU32::MIN),
+            concurrent_requests: 64,
+            ..ProvisionerConfig::default()
+        };
+        Provisioner::new(Arc::new(SimCloud::new(SimConfig::default())), config)
+    }
+
     /// Creates (or adopts) a server for each spec; results in the order of `specs`.
     pub async fn provision(&self, specs: Vec<ServerSpec>) -> Vec<Result<Server, ProvisionError>> {
         self.in_rounds(specs, |this, batch| async move {
@@ -90,8 +104,9 @@ impl Provisioner {
         .await
     }
 
-    /// Deletes the servers of each key (node instance id); results in the order of `keys`.
-    pub async fn deprovision(&self, keys: Vec<String>) -> Vec<Result<(), ProvisionError>> {
+    /// Deletes the servers of each key (deployment and node instance); results in the order
+    /// of `keys`.
+    pub async fn deprovision(&self, keys: Vec<ServerKey>) -> Vec<Result<(), ProvisionError>> {
         self.in_rounds(keys, |this, batch| async move {
             this.call(|| this.driver.delete_servers(&batch)).await
         })
@@ -130,10 +145,10 @@ impl Provisioner {
         let mut failed = Vec::new();
         if !dry_run {
             let mut seen = HashSet::new();
-            let keys: Vec<String> = orphans
+            let keys: Vec<ServerKey> = orphans
                 .iter()
-                .filter(|s| seen.insert(s.key.as_str()))
-                .map(|s| s.key.clone())
+                .map(|s| ServerKey::new(&s.key, &s.deployment_id))
+                .filter(|k| seen.insert(k.clone()))
                 .collect();
             let results = self.deprovision(keys.clone()).await;
             failed = keys
@@ -269,5 +284,5 @@ pub struct Reconciled {
     /// Servers no live node instance owns (deleted unless it was a dry run).
     pub orphans: Vec<Server>,
     /// Orphan keys whose deletion failed.
-    pub failed: Vec<(String, ProvisionError)>,
+    pub failed: Vec<(ServerKey, ProvisionError)>,
 }

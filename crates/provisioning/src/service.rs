@@ -22,7 +22,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::driver::{CloudDriver, CloudError, DriverFuture, Server, ServerSpec};
+use crate::driver::{CloudDriver, CloudError, DriverFuture, Server, ServerKey, ServerSpec};
+use crate::metrics::{Metrics, Operation};
 use crate::provisioner::{ProvisionError, Provisioner};
 
 pub use pb::provisioning_server::ProvisioningServer;
@@ -34,6 +35,7 @@ pub struct ProvisioningService {
     provisioner: Provisioner,
     /// Instances per progress message: a long batch reports as each chunk finishes.
     chunk: usize,
+    metrics: Metrics,
 }
 
 impl ProvisioningService {
@@ -42,7 +44,15 @@ impl ProvisioningService {
         ProvisioningService {
             provisioner,
             chunk: chunk.max(1),
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Counts requests and instances in `metrics` (for `/metrics`).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn into_server(self) -> ProvisioningServer<Self> {
@@ -51,12 +61,14 @@ impl ProvisioningService {
 
     /// Runs `items` in chunks at once (the provisioner paces them together) and streams each
     /// chunk's results as it finishes.
-    fn stream<I, F, Fut>(&self, items: Vec<I>, run: F) -> ProgressStream
+    fn stream<I, F, Fut>(&self, operation: Operation, items: Vec<I>, run: F) -> ProgressStream
     where
         I: Send + 'static,
         F: Fn(Provisioner, Vec<I>) -> Fut,
         Fut: Future<Output = Vec<pb::InstanceResult>> + Send + 'static,
     {
+        self.metrics.request(operation);
+        let metrics = self.metrics.clone();
         let total = items.len() as u32;
         let (tx, rx) = mpsc::channel(16);
         let mut chunks = JoinSet::new();
@@ -77,6 +89,9 @@ impl ProvisioningService {
                         return;
                     }
                 };
+                for result in &results {
+                    metrics.instance(operation, result.failure.is_none());
+                }
                 done += results.len() as u32;
                 let progress = pb::ProvisionProgress {
                     results,
@@ -160,25 +175,29 @@ impl Provisioning for ProvisioningService {
                 properties,
             });
         }
-        let stream = self.stream(specs, |provisioner, chunk| async move {
-            let keys: Vec<String> = chunk.iter().map(|s| s.key.clone()).collect();
-            let results = provisioner.provision(chunk).await;
-            keys.into_iter()
-                .zip(results)
-                .map(|(key, result)| match result {
-                    Ok(server) => pb::InstanceResult {
-                        node_instance_id: key,
-                        server: Some(server_to_pb(server)),
-                        failure: None,
-                    },
-                    Err(error) => pb::InstanceResult {
-                        node_instance_id: key,
-                        server: None,
-                        failure: Some(failure(&error)),
-                    },
-                })
-                .collect()
-        });
+        let stream = self.stream(
+            Operation::Provision,
+            specs,
+            |provisioner, chunk| async move {
+                let keys: Vec<String> = chunk.iter().map(|s| s.key.clone()).collect();
+                let results = provisioner.provision(chunk).await;
+                keys.into_iter()
+                    .zip(results)
+                    .map(|(key, result)| match result {
+                        Ok(server) => pb::InstanceResult {
+                            node_instance_id: key,
+                            server: Some(server_to_pb(server)),
+                            failure: None,
+                        },
+                        Err(error) => pb::InstanceResult {
+                            node_instance_id: key,
+                            server: None,
+                            failure: Some(failure(&error)),
+                        },
+                    })
+                    .collect()
+            },
+        );
         Ok(Response::new(stream))
     }
 
@@ -186,19 +205,34 @@ impl Provisioning for ProvisioningService {
         &self,
         request: Request<pb::DeprovisionRequest>,
     ) -> Result<Response<ProgressStream>, Status> {
-        let keys = request.into_inner().node_instance_ids;
-        let stream = self.stream(keys, |provisioner, chunk| async move {
-            let results = provisioner.deprovision(chunk.clone()).await;
-            chunk
-                .into_iter()
-                .zip(results)
-                .map(|(key, result)| pb::InstanceResult {
-                    node_instance_id: key,
-                    server: None,
-                    failure: result.err().map(|e| failure(&e)),
-                })
-                .collect()
-        });
+        let request = request.into_inner();
+        if request.deployment_id.is_empty() && !request.node_instance_ids.is_empty() {
+            return Err(Status::invalid_argument(
+                "a deprovision needs the deployment_id of its node instances",
+            ));
+        }
+        let deployment = request.deployment_id;
+        let keys: Vec<ServerKey> = request
+            .node_instance_ids
+            .into_iter()
+            .map(|id| ServerKey::new(id, &deployment))
+            .collect();
+        let stream = self.stream(
+            Operation::Deprovision,
+            keys,
+            |provisioner, chunk| async move {
+                let results = provisioner.deprovision(chunk.clone()).await;
+                chunk
+                    .into_iter()
+                    .zip(results)
+                    .map(|(key, result)| pb::InstanceResult {
+                        node_instance_id: key.key,
+                        server: None,
+                        failure: result.err().map(|e| failure(&e)),
+                    })
+                    .collect()
+            },
+        );
         Ok(Response::new(stream))
     }
 
@@ -252,7 +286,7 @@ impl Provisioning for ProvisioningService {
                 .failed
                 .into_iter()
                 .map(|(key, error)| pb::InstanceResult {
-                    node_instance_id: key,
+                    node_instance_id: key.key,
                     server: None,
                     failure: Some(failure(&error)),
                 })
@@ -341,58 +375,102 @@ impl RemoteCloud {
     }
 }
 
+/// Calls `call` with the indexes of each deployment's items (`deployments`: the deployment of
+/// each item, in order), all at once, and puts every answer back at its item's index.
+async fn per_deployment<'a, T, F, Fut>(
+    deployments: impl Iterator<Item = &'a str>,
+    call: F,
+) -> Result<Vec<Result<T, CloudError>>, CloudError>
+where
+    F: Fn(Vec<usize>) -> Fut,
+    Fut: Future<Output = Result<Vec<Result<T, CloudError>>, CloudError>>,
+{
+    let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut items = 0;
+    for (i, deployment) in deployments.enumerate() {
+        groups.entry(deployment).or_default().push(i);
+        items = i + 1;
+    }
+    let calls = groups.into_values().map(|group| {
+        let answers = call(group.clone());
+        async move { answers.await.map(|answers| (group, answers)) }
+    });
+    let mut results: Vec<Option<Result<T, CloudError>>> = (0..items).map(|_| None).collect();
+    for answered in futures_util::future::join_all(calls).await {
+        let (group, answers) = answered?;
+        for (i, answer) in group.into_iter().zip(answers) {
+            results[i] = Some(answer);
+        }
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(CloudError::Transient("no answer for it".into()))))
+        .collect())
+}
+
 impl CloudDriver for RemoteCloud {
     fn max_batch(&self) -> usize {
         self.max_batch
     }
 
+    /// One `Provision` call per deployment of `specs`, at once (answers name node instances
+    /// only, which repeat across deployments).
     fn create_servers<'a>(
         &'a self,
         specs: &'a [ServerSpec],
     ) -> DriverFuture<'a, Vec<Result<Server, CloudError>>> {
-        Box::pin(async move {
-            let instances = specs
+        let deployments = specs.iter().map(|s| s.deployment_id.as_str());
+        Box::pin(per_deployment(deployments, move |group| {
+            let instances = group
                 .iter()
-                .map(|s| pb::NodeInstance {
-                    node_instance_id: s.key.clone(),
-                    deployment_id: s.deployment_id.clone(),
-                    properties_json: serde_json::Value::Object(s.properties.clone()).to_string(),
+                .map(|&i| pb::NodeInstance {
+                    node_instance_id: specs[i].key.clone(),
+                    deployment_id: specs[i].deployment_id.clone(),
+                    properties_json: serde_json::Value::Object(specs[i].properties.clone())
+                        .to_string(),
                 })
                 .collect();
+            let keys = group.iter().map(|&i| specs[i].key.clone()).collect();
             let mut client = self.client.clone();
-            let stream = client.provision(pb::ProvisionRequest { instances }).await;
-            let keys = specs.iter().map(|s| s.key.clone()).collect();
-            Ok(self
-                .collect(keys, stream)
-                .await?
-                .into_iter()
-                .map(|r| {
-                    r.and_then(|s| {
-                        s.ok_or_else(|| CloudError::Transient("no server in the answer".into()))
+            async move {
+                let stream = client.provision(pb::ProvisionRequest { instances }).await;
+                Ok(self
+                    .collect(keys, stream)
+                    .await?
+                    .into_iter()
+                    .map(|r| {
+                        r.and_then(|s| {
+                            s.ok_or_else(|| CloudError::Transient("no server in the answer".into()))
+                        })
                     })
-                })
-                .collect())
-        })
+                    .collect())
+            }
+        }))
     }
 
+    /// One `Deprovision` call per deployment of `keys`, at once.
     fn delete_servers<'a>(
         &'a self,
-        keys: &'a [String],
+        keys: &'a [ServerKey],
     ) -> DriverFuture<'a, Vec<Result<(), CloudError>>> {
-        Box::pin(async move {
+        let deployments = keys.iter().map(|k| k.deployment_id.as_str());
+        Box::pin(per_deployment(deployments, move |group| {
+            let ids: Vec<String> = group.iter().map(|&i| keys[i].key.clone()).collect();
+            let request = pb::DeprovisionRequest {
+                node_instance_ids: ids.clone(),
+                deployment_id: keys[group[0]].deployment_id.clone(),
+            };
             let mut client = self.client.clone();
-            let stream = client
-                .deprovision(pb::DeprovisionRequest {
-                    node_instance_ids: keys.to_vec(),
-                })
-                .await;
-            Ok(self
-                .collect(keys.to_vec(), stream)
-                .await?
-                .into_iter()
-                .map(|r| r.map(|_| ()))
-                .collect())
-        })
+            async move {
+                let stream = client.deprovision(request).await;
+                Ok(self
+                    .collect(ids, stream)
+                    .await?
+                    .into_iter()
+                    .map(|r| r.map(drop))
+                    .collect())
+            }
+        }))
     }
 
     fn list_servers<'a>(&'a self, deployment_id: Option<&'a str>) -> DriverFuture<'a, Vec<Server>> {
@@ -411,5 +489,24 @@ impl CloudDriver for RemoteCloud {
                 .map(server_from_pb)
                 .collect())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_deprovision_that_names_no_deployment_is_refused() {
+        let service = ProvisioningService::new(Provisioner::in_memory(), 10);
+        let request = pb::DeprovisionRequest {
+            node_instance_ids: vec!["vm_1".into()],
+            deployment_id: String::new(),
+        };
+        let refused = service.deprovision(Request::new(request)).await;
+        assert_eq!(
+            refused.err().map(|s| s.code()),
+            Some(tonic::Code::InvalidArgument)
+        );
     }
 }

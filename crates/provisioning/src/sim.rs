@@ -16,9 +16,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::driver::{
-    CloudDriver, CloudError, DriverFuture, Server, ServerSpec, TAG_DEPLOYMENT, TAG_NODE_INSTANCE,
-};
+use crate::driver::{CloudDriver, CloudError, DriverFuture, Server, ServerKey, ServerSpec};
 
 /// How the simulated cloud misbehaves.
 #[derive(Debug, Clone)]
@@ -160,7 +158,11 @@ impl SimCloud {
         let results = specs
             .iter()
             .map(|spec| {
-                if let Some(existing) = state.servers.values().find(|s| s.key == spec.key) {
+                let existing = state
+                    .servers
+                    .values()
+                    .find(|s| s.key == spec.key && s.deployment_id == spec.deployment_id);
+                if let Some(existing) = existing {
                     return Ok(existing.clone());
                 }
                 if let Some(quota) = self.config.quota
@@ -185,13 +187,13 @@ impl SimCloud {
         Ok(results)
     }
 
-    fn delete(&self, keys: &[String]) -> Result<Vec<Result<(), CloudError>>, CloudError> {
+    fn delete(&self, keys: &[ServerKey]) -> Result<Vec<Result<(), CloudError>>, CloudError> {
         self.check_batch(keys.len())?;
         let mut state = self.state();
         Ok(keys
             .iter()
             .map(|key| {
-                state.servers.retain(|_, server| &server.key != key);
+                state.servers.retain(|_, server| !key.owns(server));
                 Ok(())
             })
             .collect())
@@ -207,17 +209,7 @@ fn new_server(state: &mut SimState, spec: &ServerSpec) -> Server {
     let n = state.next_server;
     let id = format!("sim-{:016x}", state.rng.random::<u64>());
     let private_ip = format!("10.{}.{}.{}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
-    let tags = BTreeMap::from([
-        (TAG_NODE_INSTANCE.to_string(), spec.key.clone()),
-        (TAG_DEPLOYMENT.to_string(), spec.deployment_id.clone()),
-    ]);
-    Server {
-        id,
-        key: spec.key.clone(),
-        deployment_id: spec.deployment_id.clone(),
-        private_ip,
-        tags,
-    }
+    Server::tagged(id, &spec.key, &spec.deployment_id, private_ip)
 }
 
 impl CloudDriver for SimCloud {
@@ -239,7 +231,7 @@ impl CloudDriver for SimCloud {
 
     fn delete_servers<'a>(
         &'a self,
-        keys: &'a [String],
+        keys: &'a [ServerKey],
     ) -> DriverFuture<'a, Vec<Result<(), CloudError>>> {
         Box::pin(async move {
             match self.gate().await {
@@ -268,13 +260,10 @@ impl CloudDriver for SimCloud {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::TAG_NODE_INSTANCE;
 
     fn spec(key: &str) -> ServerSpec {
-        ServerSpec {
-            key: key.into(),
-            deployment_id: "d".into(),
-            properties: Default::default(),
-        }
+        ServerSpec::new(key, "d")
     }
 
     #[tokio::test]
@@ -288,6 +277,23 @@ mod tests {
         let ip = &again[1].as_ref().unwrap().private_ip;
         assert!(ip.starts_with("10."), "{ip}");
         assert_eq!(again[1].as_ref().unwrap().tags[TAG_NODE_INSTANCE], "b");
+    }
+
+    #[tokio::test]
+    async fn a_node_instance_id_of_two_deployments_has_two_servers() {
+        let cloud = SimCloud::new(SimConfig::default());
+        let d1 = cloud.create_servers(&[spec("a")]).await.unwrap();
+        let d2 = cloud
+            .create_servers(&[ServerSpec::new("a", "d2")])
+            .await
+            .unwrap();
+        assert_ne!(d1[0], d2[0], "d2's a is not d1's adopted");
+        let deleted = cloud
+            .delete_servers(&[ServerKey::new("a", "d2")])
+            .await
+            .unwrap();
+        assert!(deleted[0].is_ok());
+        assert_eq!(cloud.servers(), [d1[0].clone().unwrap()]);
     }
 
     #[tokio::test]

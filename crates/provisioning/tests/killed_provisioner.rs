@@ -9,9 +9,10 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Cloudsim, ProvisionerProcess, specs};
+use common::{ProvisionerProcess, specs};
 use drover_proto::drover::provisioning::v1 as pb;
-use drover_provisioning::{Provisioner, ProvisionerConfig, RemoteCloud};
+use drover_provisioning::testing::Cloudsim;
+use drover_provisioning::{Provisioner, ProvisionerConfig, RemoteCloud, ServerSpec};
 
 /// What the engine would hold: a provisioner whose cloud is the service.
 fn client(endpoint: &str) -> Provisioner {
@@ -152,6 +153,10 @@ async fn a_batch_asked_again_after_kill_9_makes_no_duplicates() {
     );
     assert_eq!(cloud.stats().await["alive"], n - 10);
 
+    let live = specs("dep", n - 10)
+        .iter()
+        .map(ServerSpec::server_key)
+        .collect();
     let results = provisioner.deprovision(live).await;
     assert!(
         results.iter().all(Result::is_ok),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drover_provisioning::{
-    CloudError, Provisioner, ProvisionerConfig, ServerSpec, SimCloud, SimConfig,
+    CloudError, Provisioner, ProvisionerConfig, ServerKey, ServerSpec, SimCloud, SimConfig,
 };
 use governor::Quota;
 
@@ -238,11 +238,8 @@ async fn the_clouds_rate_limit_and_retry_after_are_honoured() {
 async fn orphans_are_listed_and_reconciled() {
     let (cloud, provisioner) = setup(SimConfig::default(), fast());
     provisioner.provision(specs(10)).await;
-    let other = ServerSpec {
-        key: "other_vm".into(),
-        deployment_id: "other".into(),
-        properties: Default::default(),
-    };
+    // Another deployment's server under the id of one of dep's orphans stays.
+    let other = ServerSpec::new("vm_8", "other");
     provisioner.provision(vec![other]).await;
     let live: HashSet<String> = (0..7).map(|i| format!("vm_{i}")).collect();
 
@@ -272,7 +269,7 @@ async fn orphans_are_listed_and_reconciled() {
     let mut left: Vec<String> = cloud.servers().into_iter().map(|s| s.key).collect();
     left.sort();
     let mut expected: Vec<String> = live.into_iter().collect();
-    expected.push("other_vm".into());
+    expected.push("vm_8".into());
     expected.sort();
     assert_eq!(left, expected);
 }
@@ -288,7 +285,9 @@ async fn deprovision_is_idempotent() {
         fast(),
     );
     provisioner.provision(specs(30)).await;
-    let keys: Vec<String> = (0..30).map(|i| format!("vm_{i}")).collect();
+    let keys: Vec<ServerKey> = (0..30)
+        .map(|i| ServerKey::new(format!("vm_{i}"), "dep"))
+        .collect();
     assert!(
         provisioner
             .deprovision(keys.clone())

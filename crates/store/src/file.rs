@@ -8,10 +8,12 @@
 //! DIR/executions/ID/execution.json      replaced atomically
 //! DIR/executions/ID/journal.jsonl       append-only, one fsync per batch
 //! DIR/executions/ID/events.jsonl        append-only, not fsynced (a record, not state)
+//! DIR/secrets/TENANT.json               a tenant's secrets by key, mode 0600, replaced atomically
 //! ```
 //! A kill -9 can leave the last line of an append-only file half written; readers drop such a
 //! torn last line (its batch was never acknowledged), and report any other unreadable line.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -22,7 +24,7 @@ use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::{Blueprint, JournalEntry, Result, StateStore, StoreError, next_version};
+use crate::{Blueprint, JournalEntry, Result, Secret, StateStore, StoreError, next_version};
 
 /// Compact an instances log once it holds this many times more lines than live instances.
 const COMPACT_RATIO: usize = 4;
@@ -46,7 +48,7 @@ impl FileStore {
     /// Opens (creating if needed) a store under `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        for sub in ["blueprints", "deployments", "executions"] {
+        for sub in ["blueprints", "deployments", "executions", "secrets"] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
         }
@@ -73,6 +75,34 @@ impl FileStore {
             .root
             .join("blueprints")
             .join(format!("{}.json", checked_id(id)?)))
+    }
+
+    fn secrets_path(&self, tenant: &str) -> Result<PathBuf> {
+        Ok(self
+            .root
+            .join("secrets")
+            .join(format!("{}.json", checked_id(tenant)?)))
+    }
+
+    fn read_secrets(&self, tenant: &str) -> Result<BTreeMap<String, Secret>> {
+        Ok(read_json(&self.secrets_path(tenant)?)?.unwrap_or_default())
+    }
+
+    /// Changes a tenant's secrets as they are on disk, under the write lock, and writes them
+    /// back when `change` says it changed them; returns what it said.
+    fn change_secrets(
+        &self,
+        tenant: &str,
+        change: impl FnOnce(&mut BTreeMap<String, Secret>) -> bool,
+    ) -> Result<bool> {
+        let path = self.secrets_path(tenant)?;
+        let _guard = self.lock();
+        let mut secrets = self.read_secrets(tenant)?;
+        let changed = change(&mut secrets);
+        if changed {
+            write_private(&path, &serde_json::to_vec(&secrets)?)?;
+        }
+        Ok(changed)
     }
 
     fn execution_dir(&self, id: &str) -> Result<PathBuf> {
@@ -292,6 +322,26 @@ impl StateStore for FileStore {
         for_each_line::<Event>(&path, |e| out.push(e))?;
         Ok(out)
     }
+
+    fn put_secret(&self, tenant: &str, secret: &Secret) -> Result<()> {
+        self.change_secrets(tenant, |all| {
+            all.insert(secret.key.clone(), secret.clone());
+            true
+        })
+        .map(drop)
+    }
+
+    fn secret(&self, tenant: &str, key: &str) -> Result<Option<Secret>> {
+        Ok(self.read_secrets(tenant)?.remove(key))
+    }
+
+    fn secrets(&self, tenant: &str) -> Result<Vec<Secret>> {
+        Ok(self.read_secrets(tenant)?.into_values().collect())
+    }
+
+    fn delete_secret(&self, tenant: &str, key: &str) -> Result<bool> {
+        self.change_secrets(tenant, |all| all.remove(key).is_some())
+    }
 }
 
 /// Rejects ids that would escape the store's directory or hide in it.
@@ -338,8 +388,33 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
 
 /// Writes a whole file so that a crash leaves either the old content or the new.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    replace(path, bytes, &options)
+}
+
+/// [`write_atomic`] for a file only its owner may read (secrets). Its temporary file is always
+/// a new one made with mode 0600 (`create_new`): one a crash left behind is removed first, as
+/// it may have another mode or be held open by someone else.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // A failure surfaces in the open.
+    let _ = fs::remove_file(temporary(path));
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true).mode(0o600);
+    replace(path, bytes, &options)
+}
+
+/// Where `path`'s next content is written before it is renamed over `path`.
+fn temporary(path: &Path) -> PathBuf {
+    path.with_extension("tmp")
+}
+
+/// Writes `bytes` to `path`'s temporary file, opened with `options`, makes it durable and
+/// renames it over `path`.
+fn replace(path: &Path, bytes: &[u8], options: &OpenOptions) -> Result<()> {
+    let tmp = temporary(path);
+    let mut file = options.open(&tmp).map_err(|e| io_err(&tmp, e))?;
     file.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
     file.sync_all().map_err(|e| io_err(&tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
@@ -447,6 +522,42 @@ mod tests {
             store.execution("../x"),
             Err(StoreError::InvalidId(_))
         ));
+    }
+
+    #[test]
+    fn keeps_secrets_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        let secret = Secret {
+            key: "k".into(),
+            value: "v".into(),
+            created_at: "t".into(),
+            updated_at: "t".into(),
+            visibility: "tenant".into(),
+            is_hidden_value: false,
+        };
+        // A crash left a temporary file anyone may read.
+        fs::create_dir_all(dir.path().join("secrets")).unwrap();
+        fs::write(dir.path().join("secrets/t1.tmp"), "stale").unwrap();
+        fs::set_permissions(
+            dir.path().join("secrets/t1.tmp"),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        store.put_secret("t1", &secret).unwrap();
+        let mode = fs::metadata(dir.path().join("secrets/t1.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+        assert!(matches!(
+            store.put_secret("../t", &secret),
+            Err(StoreError::InvalidId(_))
+        ));
+        // Deleting what a tenant does not have writes nothing.
+        assert!(!store.delete_secret("t2", "k").unwrap());
+        assert!(!dir.path().join("secrets/t2.json").exists());
     }
 
     #[test]

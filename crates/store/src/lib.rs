@@ -5,7 +5,8 @@
 //! node instances with their state, runtime properties and a version for optimistic concurrency,
 //! executions, an append-only task journal per execution (written in batches: the workflow
 //! engine calls [`StateStore::append_journal`] once per batch of task state changes, never once
-//! per task) and events. Three implementations pass the same test suite ([`suite::run`]):
+//! per task), events, and each tenant's [`Secret`]s (written by the gateway's `/secrets`, read
+//! by the engine's `get_secret`, so every replica of either sees the same ones). Three implementations pass the same test suite ([`suite::run`]):
 //! [`FileStore`], the embedded default on local disk, [`MemoryStore`], and [`OpenSearchStore`].
 //!
 //! [`EventIndex`] is the searchable record of logs and events: [`FileEventIndex`] (embedded) and
@@ -73,6 +74,10 @@ pub enum StoreError {
     /// OpenSearch failed or answered what drover did not expect.
     #[error("opensearch: {0}")]
     OpenSearch(String),
+    /// OpenSearch cannot answer right now (503: shards starting, the node overloaded): the
+    /// same request may succeed a moment later.
+    #[error("opensearch unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -105,6 +110,33 @@ pub struct Blueprint {
     pub description: Option<String>,
     #[serde(default)]
     pub plan: serde_json::Value,
+}
+
+pub use drover_model::DEFAULT_TENANT;
+
+/// A tenant's secret, as Cloudify's `/secrets` keeps it. Its value never appears in `Debug`
+/// output, so never in logs.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Secret {
+    pub key: String,
+    pub value: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub visibility: String,
+    pub is_hidden_value: bool,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("key", &self.key)
+            .field("value", &"<hidden>")
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .field("visibility", &self.visibility)
+            .field("is_hidden_value", &self.is_hidden_value)
+            .finish()
+    }
 }
 
 /// Durable state of blueprints, deployments and their executions.
@@ -161,6 +193,16 @@ pub trait StateStore: Send + Sync {
 
     /// Appends a batch of events of an execution.
     fn append_events(&self, execution_id: &str, events: &[Event]) -> Result<()>;
-    /// An execution's events, in append order.
+    /// An execution's events, in append order (OpenSearch: in time order, as a task event
+    /// may be replaced by the agent's copy of it; see `append_events` there).
     fn events(&self, execution_id: &str) -> Result<Vec<Event>>;
+
+    /// Creates or replaces a tenant's secret (by its key).
+    fn put_secret(&self, tenant: &str, secret: &Secret) -> Result<()>;
+    /// One secret of a tenant, as last written (real time).
+    fn secret(&self, tenant: &str, key: &str) -> Result<Option<Secret>>;
+    /// A tenant's secrets, by key.
+    fn secrets(&self, tenant: &str) -> Result<Vec<Secret>>;
+    /// Deletes a tenant's secret; whether it existed.
+    fn delete_secret(&self, tenant: &str, key: &str) -> Result<bool>;
 }

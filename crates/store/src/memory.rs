@@ -1,12 +1,12 @@
 //! [`MemoryStore`]: the state store in memory, for tests and throwaway runs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use drover_model::{Deployment, Event, Execution, NodeInstance};
 use indexmap::IndexMap;
 
-use crate::{Blueprint, JournalEntry, Result, StateStore, next_version};
+use crate::{Blueprint, JournalEntry, Result, Secret, StateStore, next_version};
 
 /// Everything in memory; nothing survives the process.
 #[derive(Default)]
@@ -22,6 +22,8 @@ struct Inner {
     executions: IndexMap<String, Execution>,
     journals: HashMap<String, Vec<JournalEntry>>,
     events: HashMap<String, Vec<Event>>,
+    /// By tenant, then key.
+    secrets: HashMap<String, BTreeMap<String, Secret>>,
 }
 
 impl MemoryStore {
@@ -189,6 +191,41 @@ impl StateStore for MemoryStore {
             .get(execution_id)
             .cloned()
             .unwrap_or_default())
+    }
+
+    fn put_secret(&self, tenant: &str, secret: &Secret) -> Result<()> {
+        self.lock()
+            .secrets
+            .entry(tenant.to_owned())
+            .or_default()
+            .insert(secret.key.clone(), secret.clone());
+        Ok(())
+    }
+
+    fn secret(&self, tenant: &str, key: &str) -> Result<Option<Secret>> {
+        Ok(self
+            .lock()
+            .secrets
+            .get(tenant)
+            .and_then(|m| m.get(key))
+            .cloned())
+    }
+
+    fn secrets(&self, tenant: &str) -> Result<Vec<Secret>> {
+        Ok(self
+            .lock()
+            .secrets
+            .get(tenant)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    fn delete_secret(&self, tenant: &str, key: &str) -> Result<bool> {
+        Ok(self
+            .lock()
+            .secrets
+            .get_mut(tenant)
+            .is_some_and(|m| m.remove(key).is_some()))
     }
 }
 

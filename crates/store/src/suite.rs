@@ -11,7 +11,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::events::{EventIndex, EventQuery, EventRecord, SortOrder};
-use crate::{Blueprint, StateStore, StoreError};
+use crate::{Blueprint, Secret, StateStore, StoreError};
 
 /// Runs the shared suite against an empty store. Panics (it is a test) on the first difference.
 pub fn run(store: &dyn StateStore) {
@@ -22,6 +22,51 @@ pub fn run(store: &dyn StateStore) {
     executions(store);
     journal(store);
     events(store);
+    secrets(store);
+}
+
+fn secrets(store: &dyn StateStore) {
+    let secret = |key: &str, value: &str| Secret {
+        key: key.into(),
+        value: value.into(),
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+        updated_at: "2026-01-01T00:00:00.000Z".into(),
+        visibility: "tenant".into(),
+        is_hidden_value: false,
+    };
+    assert_eq!(store.secret("t1", "db").unwrap(), None);
+    assert!(store.secrets("t1").unwrap().is_empty());
+    store.put_secret("t1", &secret("db", "pw1")).unwrap();
+    store
+        .put_secret("t1", &secret("api", "{\"k\": 1}"))
+        .unwrap();
+    store.put_secret("t2", &secret("db", "other")).unwrap();
+    let mut changed = secret("db", "pw2");
+    changed.updated_at = "2026-01-02T00:00:00.000Z".into();
+    changed.is_hidden_value = true;
+    store.put_secret("t1", &changed).unwrap();
+    assert_eq!(store.secret("t1", "db").unwrap(), Some(changed.clone()));
+    assert_eq!(
+        store.secret("t2", "db").unwrap().map(|s| s.value),
+        Some("other".into()),
+        "tenants apart"
+    );
+    let keys: Vec<String> = store
+        .secrets("t1")
+        .unwrap()
+        .into_iter()
+        .map(|s| s.key)
+        .collect();
+    assert_eq!(keys, ["api", "db"], "by key");
+    assert!(store.delete_secret("t1", "db").unwrap());
+    assert!(!store.delete_secret("t1", "db").unwrap(), "already gone");
+    assert_eq!(store.secret("t1", "db").unwrap(), None);
+    assert_eq!(store.secrets("t1").unwrap().len(), 1);
+    assert!(store.secret("t2", "db").unwrap().is_some());
+    assert!(
+        !format!("{changed:?}").contains("pw2"),
+        "Debug hides the value"
+    );
 }
 
 fn deployment(id: &str, created_at: &str) -> Deployment {
@@ -271,7 +316,7 @@ fn journal(store: &dyn StateStore) {
 
 fn events(store: &dyn StateStore) {
     let event = |n: usize| Event {
-        event_type: "task_sent".into(),
+        event_type: "sending_task".into(),
         context: EventContext {
             execution_id: "e1".into(),
             task_id: Some(format!("t{n}")),

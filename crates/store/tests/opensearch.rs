@@ -103,7 +103,7 @@ fn event_indices_past_the_retention_are_deleted() {
         level: None,
         logger: None,
         event: drover_model::Event {
-            event_type: "task_sent".into(),
+            event_type: "sending_task".into(),
             context: Default::default(),
             message: Default::default(),
             timestamp: format!("{day}T12:00:00.000Z"),
@@ -134,4 +134,102 @@ fn event_indices_past_the_retention_are_deleted() {
     let left = index.query(&all, SortOrder::Ascending, 0, 10).unwrap();
     assert_eq!(left.records.len(), 1);
     assert_eq!(left.records[0].id, "recent");
+}
+
+#[test]
+#[ignore = "needs OpenSearch at DROVER_OPENSEARCH_URL"]
+fn an_agents_copy_of_a_task_event_replaces_the_engines() {
+    let options = options("task-events");
+    let _cleanup = Cleanup(options.clone());
+    let store = OpenSearchStore::open(options.clone()).unwrap();
+    let index = OpenSearchEventIndex::open(options).unwrap();
+    let event = |event_type: &str, task: Option<&str>, text: &str, at: &str| drover_model::Event {
+        event_type: event_type.into(),
+        context: drover_model::EventContext {
+            execution_id: "e1".into(),
+            task_id: task.map(str::to_owned),
+            task_current_retries: task.map(|_| 0),
+            ..Default::default()
+        },
+        message: drover_model::EventMessage {
+            text: text.into(),
+            arguments: serde_json::Value::Null,
+        },
+        timestamp: format!("2026-01-01T00:00:0{at}.000Z"),
+        kind: "cloudify_event".into(),
+    };
+    let started = event("workflow_started", None, "engine", "0");
+    store
+        .append_events(
+            "e1",
+            &[
+                started.clone(),
+                event("task_succeeded", Some("e1-0-3-0"), "engine", "2"),
+            ],
+        )
+        .unwrap();
+    // The agent that ran the task ships its own copy through ingest, which indexes by id.
+    let agents = event("task_succeeded", Some("e1-0-3-0"), "agent", "1");
+    let id = drover_model::task_event_id("e1-0-3-0", 0, "task_succeeded");
+    index
+        .append(&[EventRecord {
+            id: id.clone(),
+            level: None,
+            logger: None,
+            event: agents.clone(),
+        }])
+        .unwrap();
+
+    let all = index
+        .query(&EventQuery::default(), SortOrder::Ascending, 0, 10)
+        .unwrap();
+    assert_eq!(all.total, 2, "{:?}", all.records);
+    assert_eq!(all.records[1].id, id);
+    assert_eq!(all.records[1].event, agents);
+    assert_eq!(store.events("e1").unwrap(), [started, agents]);
+}
+
+#[test]
+#[ignore = "needs OpenSearch at DROVER_OPENSEARCH_URL"]
+fn a_large_set_of_events_goes_in_several_bulks_with_outcomes_in_order() {
+    let options = options("bulks");
+    let _cleanup = Cleanup(options.clone());
+    let client = Client::new(options).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let records: Vec<EventRecord> = (0..2500)
+        .map(|i| EventRecord {
+            id: format!("r{i}"),
+            level: None,
+            logger: None,
+            event: drover_model::Event {
+                event_type: "sending_task".into(),
+                context: Default::default(),
+                message: Default::default(),
+                // One record OpenSearch will not take, in the second bulk.
+                timestamp: if i == 1700 {
+                    "2026-01-01Tnot-a-time".into()
+                } else {
+                    "2026-01-01T00:00:00.000Z".into()
+                },
+                kind: "cloudify_event".into(),
+            },
+        })
+        .collect();
+    let outcomes = runtime.block_on(async {
+        client.ensure_indices().await.unwrap();
+        client
+            .bulk_events(&records, drover_store::opensearch::Refresh::True)
+            .await
+            .unwrap()
+    });
+    assert_eq!(outcomes.len(), 2500);
+    for (i, outcome) in outcomes.iter().enumerate() {
+        match (i, outcome) {
+            (1700, drover_store::opensearch::ItemOutcome::Rejected(_)) => {}
+            (1700, other) => panic!("record 1700: {other:?}"),
+            (_, drover_store::opensearch::ItemOutcome::Indexed) => {}
+            (i, other) => panic!("record {i}: {other:?}"),
+        }
+    }
+    assert_eq!(runtime.block_on(client.count_events()).unwrap(), 2499);
 }

@@ -1,5 +1,15 @@
-//! Set-up shared by drover's service binaries, so that every service logs alike: one place to
-//! change the format or add a layer, instead of a copy in each `main.rs`.
+//! Set-up shared by drover's service binaries, so that every service logs and answers probes
+//! alike: one place to change the format, add a layer or a metric, instead of a copy in each
+//! `main.rs`.
+
+mod bus;
+mod http;
+
+pub use bus::BusArgs;
+
+pub use http::{Error, HttpArgs, HttpSide};
+/// The metrics library the registry is of, so services register metrics of the same version.
+pub use prometheus_client;
 
 use tracing_subscriber::EnvFilter;
 

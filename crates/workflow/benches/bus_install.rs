@@ -2,17 +2,24 @@
 //! `gen_blueprint.py 100 100`, 10,101 instances) planned, then installed dry-run by the engine
 //! on `BusDispatcher` with `HostRouter`, as a `drover-workflow` replica runs it (FileStore,
 //! events stored), to one in-process hollow agent per host on a connection of their own. Prints
-//! the install's wall time (`bus_install_<instances>_s`) and its messages per second (a task
-//! and its result per operation: `bus_install_msgs_per_s`) as JSON lines. `DROVER_AMQP_URL` names the broker.
+//! the install's wall time (`bus_install_<instances>_s`), its messages per second (a task and
+//! its result per operation: `bus_install_msgs_per_s`) and the messages the broker really
+//! carried (tasks and results travel batched: `bus_install_broker_msgs`,
+//! `bus_install_broker_msgs_per_s`) as JSON lines. `DROVER_AMQP_URL` names the broker.
 //! `cargo bench -p drover-workflow --bench bus_install -- BLUEPRINT [PARALLELISM]`
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use drover_agent::{AgentQueue, AgentService, OperationRunner, PluginRegistry, RunnerConfig};
-use drover_bus::{AmqpBus, AmqpOptions, Bus, Topology};
+use drover_bus::{
+    AmqpBus, AmqpOptions, Bus, BusError, Confirm, ConsumeOptions, Consumer, Message, QueueSpec,
+    Route, Topology,
+};
 use drover_model::{ExecutionStatus, Map};
 use drover_store::{FileStore, StateStore};
+use drover_workflow::NewDeployment;
 use drover_workflow::{
     BusDispatcher, Canceller, Engine, HostRouter, Observer, Progress, RunOptions,
 };
@@ -29,13 +36,40 @@ impl Observer for LastProgress {
     }
 }
 
-async fn connect(url: &str, topology: &Topology) -> Arc<dyn Bus> {
+/// A bus that counts the messages published through it.
+struct Counted {
+    bus: AmqpBus,
+    published: Arc<AtomicU64>,
+}
+
+#[async_trait::async_trait]
+impl Bus for Counted {
+    fn topology(&self) -> &Topology {
+        self.bus.topology()
+    }
+
+    async fn declare_queue(&self, spec: QueueSpec) -> Result<(), BusError> {
+        self.bus.declare_queue(spec).await
+    }
+
+    async fn publish(&self, route: &Route, message: Message) -> Result<Confirm, BusError> {
+        self.published.fetch_add(1, Ordering::Relaxed);
+        self.bus.publish(route, message).await
+    }
+
+    async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Consumer, BusError> {
+        self.bus.consume(queue, options).await
+    }
+}
+
+async fn connect(url: &str, topology: &Topology, published: &Arc<AtomicU64>) -> Arc<dyn Bus> {
     let options = AmqpOptions::new(url.to_owned(), topology.clone());
-    Arc::new(
-        AmqpBus::connect(options)
+    Arc::new(Counted {
+        bus: AmqpBus::connect(options)
             .await
             .expect("connecting to RabbitMQ"),
-    )
+        published: published.clone(),
+    })
 }
 
 fn main() {
@@ -69,7 +103,8 @@ fn main() {
             .with_prefix(format!("bench.{nanos}."))
             .with_queue_expiry(Duration::from_secs(120));
 
-        let agents_bus = connect(&url, &topology).await;
+        let published = Arc::new(AtomicU64::new(0));
+        let agents_bus = connect(&url, &topology, &published).await;
         let work = tempfile::tempdir().expect("a temporary directory");
         let runner = Arc::new(
             OperationRunner::new(
@@ -86,7 +121,7 @@ fn main() {
         for queue in queues {
             agents.spawn(AgentService::new(agents_bus.clone(), runner.clone(), queue).run());
         }
-        let bus = connect(&url, &topology).await;
+        let bus = connect(&url, &topology, &published).await;
         eprintln!("bus_install: {} agents started", hosts.len());
         for host in &hosts {
             drover_bus::suite::publish_when_routable(
@@ -108,16 +143,17 @@ fn main() {
             .with_router(move |topology, task| router.route(topology, task));
         let engine = Engine::new(store, dispatcher);
         engine
-            .create_deployment("d", "bench", plan, Map::new(), None)
+            .create_deployment(NewDeployment::new("d", "bench", plan))
             .expect("a deployment");
         let execution = engine
             .create_execution("d", "install", Map::new(), true)
             .expect("an execution");
         let options = RunOptions {
             parallelism,
-            store_events: true,
+            keep_events: true,
         };
         eprintln!("bus_install: installing");
+        let published_before = published.load(Ordering::Relaxed);
         let mut observer = LastProgress(0);
         let started = Instant::now();
         let ended = engine
@@ -127,6 +163,7 @@ fn main() {
         let seconds = started.elapsed().as_secs_f64();
         assert_eq!(ended.status, ExecutionStatus::Terminated, "{}", ended.error);
         let messages = 2 * observer.0;
+        let broker_messages = published.load(Ordering::Relaxed) - published_before;
         eprintln!(
             "bus_install: {instances} instances, {} operations, {seconds:.2} s, {} hosts",
             observer.0,
@@ -139,6 +176,14 @@ fn main() {
         println!(
             "{}",
             serde_json::json!({"name": "bus_install_msgs_per_s", "value": messages as f64 / seconds, "unit": "msgs/s"})
+        );
+        println!(
+            "{}",
+            serde_json::json!({"name": "bus_install_broker_msgs", "value": broker_messages, "unit": "msgs"})
+        );
+        println!(
+            "{}",
+            serde_json::json!({"name": "bus_install_broker_msgs_per_s", "value": broker_messages as f64 / seconds, "unit": "msgs/s"})
         );
         agents.abort_all();
     });

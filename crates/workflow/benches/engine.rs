@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use drover_model::{ExecutionStatus, Map};
 use drover_store::{FileStore, MemoryStore, StateStore};
+use drover_workflow::NewDeployment;
 use drover_workflow::testing::PlanBuilder;
 use drover_workflow::{Canceller, Engine, InProcessDispatcher, NoRunner, NullObserver, RunOptions};
 
@@ -43,7 +44,7 @@ fn main() {
         let instances = plan.node_instances.len();
         let engine = Engine::new(store, InProcessDispatcher::new(NoRunner));
         engine
-            .create_deployment("d", "bench", plan, Map::new(), None)
+            .create_deployment(NewDeployment::new("d", "bench", plan))
             .expect("a deployment");
         for workflow in ["install", "uninstall"] {
             let started = Instant::now();
@@ -53,7 +54,7 @@ fn main() {
             let (_canceller, cancel) = Canceller::new();
             // As `drover local`: events are not kept in the state store.
             let options = RunOptions {
-                store_events: false,
+                keep_events: false,
                 ..RunOptions::default()
             };
             let done = runtime

@@ -37,8 +37,8 @@ pub trait TaskDispatcher: Send + Sync {
         execution_id: &str,
     ) -> impl Future<Output = Result<mpsc::UnboundedReceiver<TaskReport>, DispatchError>> + Send;
 
-    /// Sends a batch of tasks; returns when the transport has accepted all of them (for a
-    /// broker: confirmed), not when they ran.
+    /// Sends a batch of tasks; returns when they are on their way, not when they ran. A task
+    /// the transport loses after that (a broker that never confirms it) is reported failed.
     fn send(
         &self,
         tasks: Vec<OperationTask>,

@@ -1,13 +1,13 @@
 //! Events in Cloudify's shape, and the observer that receives them as they happen.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use drover_model::{Event, EventContext, EventMessage};
 
 /// Receives an execution's events and progress while it runs (the CLI's progress bar and
 /// `--events-json`). Called on the executor's task: keep it quick.
 pub trait Observer: Send {
-    /// Whether to receive the routine events of every task (task_sent, task_started,
+    /// Whether to receive the routine events of every task (sending_task, task_started,
     /// task_succeeded); workflow events, failures and retries always come. Making those events
     /// is a good part of a dry run's cost, so observers that drop them say so.
     fn wants_task_events(&self) -> bool {
@@ -41,6 +41,18 @@ pub struct Progress {
     pub instances_done: u64,
     pub instances_total: u64,
 }
+
+/// The event types of a workflow's end, the last event of a run.
+pub const END_EVENT_TYPES: [&str; 3] = [
+    "workflow_succeeded",
+    "workflow_failed",
+    "workflow_cancelled",
+];
+
+/// How long no new event must come after the end event before a watcher takes a run's events
+/// as complete: several ingest replicas index side by side, so another's last batch can become
+/// searchable just after the end event (more than the event index's 1 s refresh interval).
+pub const END_EVENT_QUIET: Duration = Duration::from_millis(1500);
 
 /// The time now, as events carry it.
 pub(crate) fn now() -> String {

@@ -3,13 +3,16 @@
 //! instance changes flushed to the store in batches.
 //!
 //! Flushing: task completions are journaled in batches of up to [`BATCH`] entries or every
-//! [`FLUSH_EVERY`]. Completions of operations that really ran are flushed as soon as the reports
-//! that arrived together are handled, so a crash re-sends only what was in flight. Dry-run
-//! completions are only batched: re-sending those after a crash runs nothing.
+//! [`FLUSH_EVERY`]. Completions of operations that really ran are handed to the store writer
+//! as soon as the reports that arrived together are handled, so a crash re-sends little more
+//! than what was in flight (and what still waited in the writer's queue). Dry-run completions
+//! are only batched: re-sending those after a crash runs nothing. The writes themselves happen
+//! behind the executor ([`StoreWriter`]); [`Executor::flush`] waits for them; a phase's end
+//! only hands its state changes over.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use drover_model::{
@@ -22,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::dispatch::{TaskDispatcher, TaskReport};
+use crate::event_sink::EventSink;
 use crate::events::{self, Observer, Progress};
 use crate::functions::{self, Scope};
 use crate::graph::{Graph, Kind, Side, TaskId};
@@ -29,7 +33,8 @@ use crate::journal::Entry;
 use crate::lifecycle::{self, Phase};
 use crate::state::State;
 use crate::world::World;
-use crate::{CancelMode, Params};
+use crate::writer::{Batch, StoreWriter};
+use crate::{CancelMode, EngineError, Params};
 
 const BATCH: usize = 32_768;
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
@@ -57,7 +62,9 @@ pub(crate) enum PhaseOutcome {
 
 /// Everything a run of an execution shares across its phases.
 pub(crate) struct Executor<'a, D> {
-    pub store: &'a dyn StateStore,
+    /// For reads (secrets); writes go through `writer`.
+    store: Arc<dyn StateStore>,
+    writer: StoreWriter,
     pub dispatcher: &'a D,
     pub reports: mpsc::UnboundedReceiver<TaskReport>,
     pub observer: &'a mut dyn Observer,
@@ -66,7 +73,8 @@ pub(crate) struct Executor<'a, D> {
     pub params: Params,
     /// Context fields every event of this execution carries.
     pub base: EventContext,
-    pub store_events: bool,
+    /// Whether events are kept (in the engine's event sink); the observer gets them anyway.
+    pub keep_events: bool,
     pub phases_total: u32,
     journal: Vec<JournalEntry>,
     /// Tasks finished since the last flush, of phase `.0`: journaled as one entry.
@@ -98,7 +106,7 @@ struct PhaseState<'g> {
 impl<'a, D: TaskDispatcher> Executor<'a, D> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        store: &'a dyn StateStore,
+        store: Arc<dyn StateStore>,
         dispatcher: &'a D,
         reports: mpsc::UnboundedReceiver<TaskReport>,
         observer: &'a mut dyn Observer,
@@ -106,9 +114,15 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
         world: World,
         params: Params,
         base: EventContext,
-        store_events: bool,
+        events: Option<Arc<dyn EventSink>>,
     ) -> Self {
         Executor {
+            writer: StoreWriter::start(
+                store.clone(),
+                events.clone(),
+                base.deployment_id.clone(),
+                base.execution_id.clone(),
+            ),
             store,
             dispatcher,
             reports,
@@ -117,7 +131,7 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
             world,
             params,
             base,
-            store_events,
+            keep_events: events.is_some(),
             phases_total: 1,
             journal: Vec::new(),
             done: (0, Vec::new()),
@@ -133,50 +147,50 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
 
     /// Whether routine task events are made at all (someone wants them).
     fn task_events(&self) -> bool {
-        self.store_events || self.observer.wants_task_events()
+        self.keep_events || self.observer.wants_task_events()
     }
 
     pub fn emit(&mut self, event: Event) {
         self.observer.event(&event);
-        if self.store_events {
+        if self.keep_events {
             self.events.push(event);
         }
     }
 
-    /// Writes every changed instance, then the journal, then events.
-    pub fn flush(&mut self) -> Result<(), String> {
-        self.write(true)
+    /// Writes every changed instance, the events and the journal, and waits until everything
+    /// handed to the writer before is in the store too.
+    pub async fn flush(&mut self) -> Result<(), EngineError> {
+        self.write(true).await?;
+        self.writer.flush().await.map_err(EngineError::Interrupted)
     }
 
-    /// Writes a batch: instances whose runtime properties changed, then the journal, then
-    /// events (an entry is never durable before the runtime properties it stands for). State
-    /// changes alone wait for the end of the phase: the journal has them.
-    fn write(&mut self, all: bool) -> Result<(), String> {
+    /// Hands everything to the writer, state changes included, without waiting for the store
+    /// (a phase's end): the writer keeps the order, so nothing of the next phase is durable
+    /// before this is, and the next phase need not wait for a store that lags behind.
+    pub async fn hand_over(&mut self) -> Result<(), EngineError> {
+        self.write(true).await
+    }
+
+    /// Hands a batch to the writer: instances whose runtime properties changed, events and
+    /// journal entries (the writer makes an entry durable only after the runtime properties
+    /// and events it stands for). State changes alone wait for the end of the phase: the
+    /// journal has them.
+    async fn write(&mut self, all: bool) -> Result<(), EngineError> {
         if !self.done.1.is_empty() {
             let t = std::mem::take(&mut self.done.1);
             self.journal(&Entry::Done { p: self.done.0, t });
         }
-        let dirty = self.world.take_dirty(all);
-        if !dirty.is_empty() {
-            self.store
-                .put_node_instances(&self.base.deployment_id, &dirty)
-                .map_err(|e| e.to_string())?;
-        }
-        if !self.journal.is_empty() {
-            self.store
-                .append_journal(&self.base.execution_id, &self.journal)
-                .map_err(|e| e.to_string())?;
-            self.journal.clear();
-        }
-        if !self.events.is_empty() {
-            self.store
-                .append_events(&self.base.execution_id, &self.events)
-                .map_err(|e| e.to_string())?;
-            self.events.clear();
-        }
+        let batch = Batch {
+            instances: self.world.take_dirty(all),
+            journal: std::mem::take(&mut self.journal),
+            events: std::mem::take(&mut self.events),
+        };
         self.last_flush = Instant::now();
         self.unflushed_runs = false;
-        Ok(())
+        self.writer
+            .write(batch)
+            .await
+            .map_err(EngineError::Interrupted)
     }
 
     /// Sets the states the journal says the phase already reached: the done set-state tasks,
@@ -199,7 +213,7 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
         graph: &Graph,
         done: Vec<bool>,
         attempts: HashMap<u32, u32>,
-    ) -> Result<PhaseOutcome, String> {
+    ) -> Result<PhaseOutcome, EngineError> {
         let mut st = PhaseState::new(
             p,
             phase,
@@ -220,29 +234,31 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
             if self.done.1.len() + self.journal.len() >= BATCH
                 || self.last_flush.elapsed() >= FLUSH_EVERY
             {
-                self.write(false)?;
+                self.write(false).await?;
                 self.observer.progress(&st.progress);
             }
             if st.remaining == 0 {
-                return self.finish(&st, PhaseOutcome::Succeeded);
+                return self.finish(&st, PhaseOutcome::Succeeded).await;
             }
             if st.in_flight.is_empty() {
                 if let Some(e) = st.failed.clone() {
-                    return self.finish(&st, PhaseOutcome::Failed(e));
+                    return self.finish(&st, PhaseOutcome::Failed(e)).await;
                 }
                 if let Some(mode) = st.stopping {
-                    return self.finish(&st, PhaseOutcome::Cancelled(mode));
+                    return self.finish(&st, PhaseOutcome::Cancelled(mode)).await;
                 }
                 if st.ready.is_empty() && st.retries.is_empty() {
                     let e = "the task graph cannot go on (a dependency cycle)".to_owned();
-                    return self.finish(&st, PhaseOutcome::Failed(e));
+                    return self.finish(&st, PhaseOutcome::Failed(e)).await;
                 }
             }
             let next_retry = st.retries.peek().map(|Reverse((at, _))| *at);
             tokio::select! {
                 report = self.reports.recv() => {
                     let Some(report) = report else {
-                        return Err("the dispatcher stopped reporting".into());
+                        return Err(EngineError::Interrupted(
+                            "the dispatcher stopped reporting".into(),
+                        ));
                     };
                     self.on_report(&mut st, report);
                     while let Ok(report) = self.reports.try_recv() {
@@ -251,7 +267,7 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
                     // Operations that ran are journaled as soon as they are known to be done:
                     // a crash then re-sends only what was really in flight.
                     if self.unflushed_runs {
-                        self.write(false)?;
+                        self.write(false).await?;
                     }
                 }
                 _ = sleep_until(next_retry), if next_retry.is_some() && st.ready.is_empty() => {
@@ -261,7 +277,9 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
                     let mode = if changed.is_ok() { *self.cancel.borrow_and_update() } else { None };
                     match mode {
                         Some(CancelMode::Force) => {
-                            return self.finish(&st, PhaseOutcome::Cancelled(CancelMode::Force));
+                            return self
+                                .finish(&st, PhaseOutcome::Cancelled(CancelMode::Force))
+                                .await;
                         }
                         Some(CancelMode::Graceful) => st.stopping = Some(CancelMode::Graceful),
                         // The handle was dropped: nobody can cancel any more.
@@ -272,12 +290,12 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
         }
     }
 
-    fn finish(
+    async fn finish(
         &mut self,
         st: &PhaseState<'_>,
         outcome: PhaseOutcome,
-    ) -> Result<PhaseOutcome, String> {
-        self.flush()?;
+    ) -> Result<PhaseOutcome, EngineError> {
+        self.hand_over().await?;
         self.observer.progress(&st.progress);
         Ok(outcome)
     }
@@ -302,7 +320,8 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
                         st.progress.instances_done += 1;
                     }
                     if self.task_events() {
-                        self.node_event(task.instance, state);
+                        let task_id = self.task_id(st.p, t, 0);
+                        self.node_event(task.instance, state, task_id);
                     }
                     self.complete(st, t);
                 }
@@ -314,7 +333,7 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
                             if self.task_events() {
                                 let context = self.task_context(st, t, &op_task.task_id);
                                 let text = format!("Sending task '{}'", op_task.implementation);
-                                self.emit(events::event("task_sent", context, text));
+                                self.emit(events::event("sending_task", context, text));
                             }
                             st.in_flight.insert(t, attempt);
                             batch.push(op_task);
@@ -348,7 +367,13 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
     }
 
     /// Cloudify's `workflow_node_event` for a state change ("Creating node instance" …).
-    fn node_event(&mut self, instance: u32, state: State) {
+    ///
+    /// The change is a (local) task of the graph, and the event carries that task's id and
+    /// attempt 0: its [`Event::task_event_id`] is then the same when a resumed execution makes
+    /// the change again, so the event index holds the event once.
+    ///
+    /// [`Event::task_event_id`]: drover_model::Event::task_event_id
+    fn node_event(&mut self, instance: u32, state: State, task_id: String) {
         let text = match state {
             State::Creating => "Creating node instance",
             State::Created => "Node instance created",
@@ -364,6 +389,8 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
         };
         let ni = &self.world.instances[instance as usize];
         let mut context = self.base.clone();
+        context.task_id = Some(task_id);
+        context.task_current_retries = Some(0);
         context.node_id = Some(ni.id.clone());
         context.node_name = Some(ni.node_id.clone());
         self.emit(events::event(
@@ -612,15 +639,35 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
         }
     }
 
-    fn task_node(&self, instance: u32) -> TaskNode {
+    /// An instance as a task sees it: its node's properties with their runtime functions
+    /// (`get_secret` …) evaluated for it.
+    fn task_node(&self, instance: u32) -> Result<TaskNode, String> {
         let ni = &self.world.instances[instance as usize];
         let node = self.world.node(instance);
-        TaskNode {
+        let properties = if node.properties.values().any(functions::has_function) {
+            let scope = Scope {
+                this: Some(instance),
+                ..Scope::default()
+            };
+            functions::evaluate_map(&node.properties, self.env(), scope)
+                .map_err(|e| format!("node properties: {e}"))?
+        } else {
+            node.properties.clone()
+        };
+        Ok(TaskNode {
             node_instance_id: ni.id.clone(),
             node_id: ni.node_id.clone(),
             node_type: node.type_name.clone(),
-            properties: node.properties.clone(),
+            properties,
             runtime_properties: ni.runtime_properties.clone(),
+        })
+    }
+
+    fn env(&self) -> functions::Env<'_> {
+        functions::Env {
+            world: &self.world,
+            store: self.store.as_ref(),
+            tenant: &self.params.tenant,
         }
     }
 
@@ -654,7 +701,10 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
             },
         };
         let mut inputs = if op.has_intrinsic_functions {
-            functions::evaluate_map(&op.inputs, &self.world, scope)?
+            functions::evaluate_map(&op.inputs, self.env(), scope).map_err(|e| {
+                let instance = &self.world.instances[task.instance as usize].id;
+                format!("{name} on {instance}: {e}")
+            })?
         } else {
             op.inputs.clone()
         };
@@ -677,9 +727,10 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
         // A dry run runs nothing, so nothing reads the properties: the task carries ids only.
         let task_node = |i| {
             if self.params.dry_run {
-                self.task_ids(i)
+                Ok(self.task_ids(i))
             } else {
                 self.task_node(i)
+                    .map_err(|e| format!("{name} on {}: {e}", self.world.instances[i as usize].id))
             }
         };
         let relationship = match (task.kind, sides) {
@@ -690,8 +741,8 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
                     Side::Target => "target",
                 }
                 .to_owned(),
-                source: task_node(s),
-                target: task_node(tg),
+                source: task_node(s)?,
+                target: task_node(tg)?,
             }),
             _ => None,
         };
@@ -709,7 +760,7 @@ impl<'a, D: TaskDispatcher> Executor<'a, D> {
             attempt,
             timeout_s: op.timeout.as_ref().and_then(Value::as_f64),
             blueprint_dir: self.params.blueprint_dir.clone(),
-            node: task_node(task.instance),
+            node: task_node(task.instance)?,
             relationship,
         })
     }

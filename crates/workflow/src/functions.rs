@@ -1,13 +1,24 @@
 //! Runtime intrinsic functions, evaluated when a task is sent and when outputs are read:
 //! `get_attribute` (runtime properties first, then node properties; `SELF`, `SOURCE`, `TARGET`
 //! or a node name, resolved as Cloudify does when the node has several instances: the one SELF
-//! has a relationship to, else the one in SELF's scaling group instance) and `concat` over their
-//! results. Plan-time functions were evaluated by the parser.
+//! has a relationship to, else the one in SELF's scaling group instance), `get_secret` (the
+//! tenant's secret from the state store, read when the task is made, so a secret changed
+//! between two tasks is seen by the second) and `concat` over their results. Plan-time functions
+//! were evaluated by the parser.
 
 use drover_model::Map;
+use drover_store::StateStore;
 use serde_json::Value;
 
 use crate::world::World;
+
+/// What runtime functions read: the deployment as it runs, and where its tenant's secrets are.
+#[derive(Clone, Copy)]
+pub(crate) struct Env<'a> {
+    pub world: &'a World,
+    pub store: &'a dyn StateStore,
+    pub tenant: &'a str,
+}
 
 /// Who `SELF`, `SOURCE` and `TARGET` are for the function being evaluated.
 #[derive(Debug, Clone, Copy, Default)]
@@ -18,40 +29,58 @@ pub(crate) struct Scope {
 }
 
 /// Evaluates the runtime functions in a value.
-pub(crate) fn evaluate(value: &Value, w: &World, scope: Scope) -> Result<Value, String> {
+pub(crate) fn evaluate(value: &Value, env: Env<'_>, scope: Scope) -> Result<Value, String> {
     match value {
         Value::Object(map) => {
             let mut entries = map.iter();
             match (entries.next(), entries.next()) {
                 (Some((name, args)), None) if name == "get_attribute" => {
-                    get_attribute(args, w, scope)
+                    get_attribute(args, env.world, scope)
                 }
-                (Some((name, args)), None) if name == "concat" => concat(args, w, scope),
-                _ => evaluate_map(map, w, scope).map(Value::Object),
+                (Some((name, args)), None) if name == "get_secret" => {
+                    get_secret(&evaluate(args, env, scope)?, env)
+                }
+                (Some((name, args)), None) if name == "concat" => concat(args, env, scope),
+                _ => evaluate_map(map, env, scope).map(Value::Object),
             }
         }
         Value::Array(items) => items
             .iter()
-            .map(|v| evaluate(v, w, scope))
+            .map(|v| evaluate(v, env, scope))
             .collect::<Result<_, _>>()
             .map(Value::Array),
         other => Ok(other.clone()),
     }
 }
 
-pub(crate) fn evaluate_map(map: &Map, w: &World, scope: Scope) -> Result<Map, String> {
+pub(crate) fn evaluate_map(map: &Map, env: Env<'_>, scope: Scope) -> Result<Map, String> {
     map.iter()
-        .map(|(k, v)| Ok((k.clone(), evaluate(v, w, scope)?)))
+        .map(|(k, v)| Ok((k.clone(), evaluate(v, env, scope)?)))
         .collect()
 }
 
-fn concat(args: &Value, w: &World, scope: Scope) -> Result<Value, String> {
+/// Whether a value holds a runtime function (so must be evaluated before a task carries it).
+pub(crate) fn has_function(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => {
+            (map.len() == 1
+                && map
+                    .keys()
+                    .all(|k| matches!(k.as_str(), "get_attribute" | "get_secret" | "concat")))
+                || map.values().any(has_function)
+        }
+        Value::Array(items) => items.iter().any(has_function),
+        _ => false,
+    }
+}
+
+fn concat(args: &Value, env: Env<'_>, scope: Scope) -> Result<Value, String> {
     let Value::Array(parts) = args else {
         return Err("concat takes a list".into());
     };
     let mut out = String::new();
     for part in parts {
-        match evaluate(part, w, scope)? {
+        match evaluate(part, env, scope)? {
             Value::String(s) => out.push_str(&s),
             Value::Null => {}
             other => out.push_str(&other.to_string()),
@@ -90,6 +119,64 @@ fn get_attribute(args: &Value, w: &World, scope: Scope) -> Result<Value, String>
                 _ => Value::Null,
             },
             _ => Value::Null,
+        };
+    }
+    Ok(value)
+}
+
+/// `{get_secret: name}` is the secret's value; `{get_secret: [name, key, …]}` reads into the
+/// value as JSON, as Cloudify does (a key of a mapping, an index of a list). Errors name the
+/// secret and the path, never the value.
+fn get_secret(args: &Value, env: Env<'_>) -> Result<Value, String> {
+    let parts = match args {
+        Value::Array(items) => items.as_slice(),
+        name => std::slice::from_ref(name),
+    };
+    let Some((Value::String(name), path)) = parts.split_first() else {
+        return Err(format!(
+            "get_secret takes a name or [name, key, …], got {args}"
+        ));
+    };
+    let secret = env
+        .store
+        .secret(env.tenant, name)
+        .map_err(|e| format!("get_secret: reading secret {name}: {e}"))?
+        .ok_or_else(|| {
+            format!(
+                "get_secret: secret {name} not found in tenant {}",
+                env.tenant
+            )
+        })?;
+    if path.is_empty() {
+        return Ok(Value::String(secret.value));
+    }
+    let mut value: Value = serde_json::from_str(&secret.value).map_err(|_| {
+        format!(
+            "get_secret: secret {name} is not JSON, so it has no {} to read",
+            Value::from(path)
+        )
+    })?;
+    for (depth, step) in path.iter().enumerate() {
+        let missing = || {
+            format!(
+                "get_secret: secret {name} has nothing at {}",
+                Value::from(&path[..=depth])
+            )
+        };
+        value = match (value, step) {
+            (Value::Object(mut m), Value::String(k)) => m.remove(k).ok_or_else(missing)?,
+            (Value::Array(mut a), step) => {
+                let index = match step {
+                    Value::Number(n) => n.as_u64(),
+                    Value::String(s) => s.parse().ok(),
+                    _ => None,
+                };
+                match index {
+                    Some(i) if (i as usize) < a.len() => a.swap_remove(i as usize),
+                    _ => return Err(missing()),
+                }
+            }
+            _ => return Err(missing()),
         };
     }
     Ok(value)
@@ -155,11 +242,11 @@ fn resolve(entity: &str, w: &World, scope: Scope) -> Result<u32, String> {
 
 /// The deployment's outputs, with runtime functions evaluated; an output that cannot be
 /// evaluated reads as its error message, so one bad output does not hide the others.
-pub(crate) fn outputs(w: &World) -> Map {
+pub(crate) fn outputs(env: Env<'_>) -> Map {
     let mut out = Map::new();
-    for (name, spec) in &w.plan.outputs {
+    for (name, spec) in &env.world.plan.outputs {
         let value = spec.get("value").unwrap_or(&Value::Null);
-        let v = evaluate(value, w, Scope::default())
+        let v = evaluate(value, env, Scope::default())
             .unwrap_or_else(|e| Value::String(format!("error: {e}")));
         out.insert(name.clone(), v);
     }

@@ -19,13 +19,16 @@
 //! [`testing`] builds small plans by hand for tests.
 
 mod bus_dispatch;
+mod bus_events;
 mod dispatch;
+mod event_sink;
 mod events;
 mod executor;
 mod functions;
 mod graph;
 mod journal;
 mod lifecycle;
+mod provision;
 mod replica;
 mod scale;
 mod service;
@@ -33,6 +36,7 @@ mod state;
 pub mod testing;
 mod workflows;
 mod world;
+mod writer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,10 +46,13 @@ use drover_store::StateStore;
 use tokio::sync::watch;
 
 pub use bus_dispatch::{BusDispatcher, Router};
+pub use bus_events::{IngestEvents, ShipEvents};
 pub use dispatch::{
     DispatchError, InProcessDispatcher, NoRunner, OperationRunner, TaskDispatcher, TaskReport,
 };
-pub use events::{NullObserver, Observer, Progress};
+pub use event_sink::{EventSink, StoreEvents};
+pub use events::{END_EVENT_QUIET, END_EVENT_TYPES, NullObserver, Observer, Progress};
+pub use provision::{ProvisionConfig, ProvisioningDispatcher, remote_provisioner};
 pub use replica::{HostRouter, Replica, ReplicaConfig, ticket};
 pub use service::{WorkflowService, to_pb};
 pub use state::State;
@@ -62,8 +69,14 @@ pub enum EngineError {
     Store(#[from] drover_store::StoreError),
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
+    /// The execution cannot run as asked (a bad plan, workflow or parameter): running it
+    /// again would fail the same way.
     #[error("{0}")]
     Invalid(String),
+    /// The run stopped because what it stands on failed under it (a store or event write, the
+    /// dispatcher): the execution itself is fine and is resumed from its journal.
+    #[error("the run was interrupted: {0}")]
+    Interrupted(String),
 }
 
 impl From<String> for EngineError {
@@ -102,15 +115,16 @@ impl Canceller {
 pub struct RunOptions {
     /// Operation tasks in flight at most.
     pub parallelism: usize,
-    /// Whether events also go to the store (they always go to the observer).
-    pub store_events: bool,
+    /// Whether events are kept, in the engine's [`EventSink`] (they always go to the
+    /// observer).
+    pub keep_events: bool,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             parallelism: 100,
-            store_events: true,
+            keep_events: true,
         }
     }
 }
@@ -125,17 +139,73 @@ pub(crate) struct Params {
     pub task_retry_interval: f64,
     pub parallelism: usize,
     pub blueprint_dir: Option<String>,
+    /// The deployment's tenant, whose secrets `get_secret` reads.
+    pub tenant: String,
+}
+
+/// What a deployment is made of: a plan and what goes with it. `NewDeployment::new` gives no
+/// inputs, no blueprint directory and the default tenant; the builder methods set them.
+#[derive(Debug, Clone)]
+pub struct NewDeployment {
+    pub id: String,
+    pub blueprint_id: String,
+    pub plan: Plan,
+    pub inputs: Map,
+    pub blueprint_dir: Option<String>,
+    pub tenant: String,
+}
+
+impl NewDeployment {
+    pub fn new(id: impl Into<String>, blueprint_id: impl Into<String>, plan: Plan) -> Self {
+        NewDeployment {
+            id: id.into(),
+            blueprint_id: blueprint_id.into(),
+            plan,
+            inputs: Map::new(),
+            blueprint_dir: None,
+            tenant: drover_model::DEFAULT_TENANT.to_owned(),
+        }
+    }
+
+    pub fn inputs(self, inputs: Map) -> Self {
+        NewDeployment { inputs, ..self }
+    }
+
+    pub fn blueprint_dir(self, blueprint_dir: Option<String>) -> Self {
+        NewDeployment {
+            blueprint_dir,
+            ..self
+        }
+    }
+
+    pub fn tenant(self, tenant: impl Into<String>) -> Self {
+        NewDeployment {
+            tenant: tenant.into(),
+            ..self
+        }
+    }
 }
 
 /// The workflow engine over a state store and a dispatcher.
 pub struct Engine<D> {
     store: Arc<dyn StateStore>,
     dispatcher: D,
+    /// Where executions' events are kept: the store's event index unless told otherwise.
+    events: Arc<dyn EventSink>,
 }
 
 impl<D: TaskDispatcher> Engine<D> {
     pub fn new(store: Arc<dyn StateStore>, dispatcher: D) -> Self {
-        Engine { store, dispatcher }
+        Engine {
+            events: Arc::new(StoreEvents::new(store.clone())),
+            store,
+            dispatcher,
+        }
+    }
+
+    /// Keeps executions' events in `events` instead of the store.
+    pub fn with_events(self, events: Arc<dyn EventSink>) -> Self {
+        Engine { events, ..self }
     }
 
     pub fn store(&self) -> &Arc<dyn StateStore> {
@@ -143,14 +213,16 @@ impl<D: TaskDispatcher> Engine<D> {
     }
 
     /// Stores a deployment of a plan, with its node instances `uninitialized`.
-    pub fn create_deployment(
-        &self,
-        id: &str,
-        blueprint_id: &str,
-        plan: Plan,
-        inputs: Map,
-        blueprint_dir: Option<String>,
-    ) -> Result<Deployment, EngineError> {
+    pub fn create_deployment(&self, new: NewDeployment) -> Result<Deployment, EngineError> {
+        let NewDeployment {
+            id,
+            blueprint_id,
+            plan,
+            inputs,
+            blueprint_dir,
+            tenant,
+        } = new;
+        let id = id.as_str();
         let instances: Vec<NodeInstance> = plan
             .node_instances
             .iter()
@@ -170,11 +242,12 @@ impl<D: TaskDispatcher> Engine<D> {
         World::new(plan.clone(), instances.clone())?;
         let deployment = Deployment {
             id: id.to_owned(),
-            blueprint_id: blueprint_id.to_owned(),
+            blueprint_id,
             plan,
             inputs,
             blueprint_dir,
             created_at: events::now(),
+            tenant,
         };
         self.store.delete_deployment(id)?;
         self.store.put_deployment(&deployment)?;
@@ -214,11 +287,16 @@ impl<D: TaskDispatcher> Engine<D> {
             .ok_or_else(|| EngineError::Invalid(format!("no deployment {id}")))
     }
 
-    /// The deployment's outputs, with `get_attribute` evaluated against its instances now.
+    /// The deployment's outputs, with `get_attribute` evaluated against its instances now (and
+    /// `get_secret` against the secrets now).
     pub fn outputs(&self, deployment_id: &str) -> Result<Map, EngineError> {
         let deployment = self.deployment(deployment_id)?;
         let world = World::new(deployment.plan, self.store.node_instances(deployment_id)?)?;
-        Ok(functions::outputs(&world))
+        Ok(functions::outputs(functions::Env {
+            world: &world,
+            store: self.store.as_ref(),
+            tenant: &deployment.tenant,
+        }))
     }
 
     /// Runs an execution to its end, or resumes it: what its journal says finished is not run
@@ -260,6 +338,7 @@ impl<D: TaskDispatcher> Engine<D> {
             task_retry_interval: workflows::float(&params, "task_retry_interval", 1.0)?,
             parallelism: options.parallelism.max(1),
             blueprint_dir: deployment.blueprint_dir.clone(),
+            tenant: deployment.tenant.clone(),
         };
         let planned = match replay.plan.clone() {
             Some(plan) => Ok(plan),
@@ -267,7 +346,7 @@ impl<D: TaskDispatcher> Engine<D> {
         };
         let reports = self.dispatcher.subscribe(execution_id).await?;
         let mut ex = Executor::new(
-            self.store.as_ref(),
+            self.store.clone(),
             &self.dispatcher,
             reports,
             observer,
@@ -275,7 +354,7 @@ impl<D: TaskDispatcher> Engine<D> {
             world,
             run_params,
             base.clone(),
-            options.store_events,
+            options.keep_events.then(|| self.events.clone()),
         );
         execution.status = ExecutionStatus::Started;
         execution.error.clear();
@@ -291,7 +370,7 @@ impl<D: TaskDispatcher> Engine<D> {
             Ok(plan) => {
                 if !resuming {
                     ex.journal(&Entry::Planned { plan: plan.clone() });
-                    ex.flush()?;
+                    ex.flush().await?;
                 }
                 self.run_plan(&mut ex, &mut deployment, &plan, &replay)
                     .await?
@@ -316,7 +395,7 @@ impl<D: TaskDispatcher> Engine<D> {
             ),
         };
         ex.emit(events::event(event_type, base, text));
-        ex.flush()?;
+        ex.flush().await?;
         execution.status = status;
         if let PhaseOutcome::Failed(e) = outcome {
             execution.error = e;
@@ -358,7 +437,7 @@ impl<D: TaskDispatcher> Engine<D> {
                 }
             }
             self.store.put_node_instances(&deployment.id, &changed)?;
-            self.reindex(ex, deployment)?;
+            self.reindex(ex, deployment).await?;
         }
         ex.phases_total = plan.phases.len() as u32;
         let mut outcome = PhaseOutcome::Succeeded;
@@ -370,7 +449,7 @@ impl<D: TaskDispatcher> Engine<D> {
         }
         match &outcome {
             PhaseOutcome::Succeeded if !plan.removed.is_empty() => {
-                self.remove_instances(ex, deployment, &plan.removed)?;
+                self.remove_instances(ex, deployment, &plan.removed).await?;
             }
             PhaseOutcome::Failed(_) if !plan.rollback.is_empty() => {
                 let first = plan.phases.len() as u32;
@@ -378,7 +457,7 @@ impl<D: TaskDispatcher> Engine<D> {
                     self.run_phase(ex, first + k as u32, phase, replay).await?;
                 }
                 let added: Vec<String> = plan.added.iter().map(|i| i.id.clone()).collect();
-                self.remove_instances(ex, deployment, &added)?;
+                self.remove_instances(ex, deployment, &added).await?;
             }
             _ => {}
         }
@@ -386,13 +465,13 @@ impl<D: TaskDispatcher> Engine<D> {
     }
 
     /// Deletes instances, and the relationships other instances have to them.
-    fn remove_instances(
+    async fn remove_instances(
         &self,
         ex: &mut Executor<'_, D>,
         deployment: &mut Deployment,
         ids: &[String],
     ) -> Result<(), EngineError> {
-        ex.flush()?;
+        ex.flush().await?;
         let gone: std::collections::HashSet<&String> = ids.iter().collect();
         let relinked: Vec<NodeInstance> = ex
             .world
@@ -408,16 +487,16 @@ impl<D: TaskDispatcher> Engine<D> {
             .collect();
         self.store.put_node_instances(&deployment.id, &relinked)?;
         self.store.delete_node_instances(&deployment.id, ids)?;
-        self.reindex(ex, deployment)
+        self.reindex(ex, deployment).await
     }
 
     /// Re-reads the instances after the workflow added or removed some, and recounts the plan.
-    fn reindex(
+    async fn reindex(
         &self,
         ex: &mut Executor<'_, D>,
         deployment: &mut Deployment,
     ) -> Result<(), EngineError> {
-        ex.flush()?;
+        ex.flush().await?;
         let instances = self.store.node_instances(&deployment.id)?;
         scale::recount(&mut deployment.plan, &instances);
         self.store.put_deployment(deployment)?;
@@ -473,7 +552,7 @@ impl<D: TaskDispatcher> Engine<D> {
                 p,
                 ok: outcome == PhaseOutcome::Succeeded,
             });
-            ex.flush()?;
+            ex.hand_over().await?;
         }
         Ok(outcome)
     }

@@ -32,11 +32,16 @@ use std::time::Duration;
 use drover_bus::{Bus, BusError, ConsumeOptions, Delivery, Message, Route, Topology};
 use drover_model::{ExecutionStatus, OperationTask};
 use drover_proto::drover::workflow::v1::ExecutionTicket;
+use drover_shipping::Shipper;
 use drover_store::StateStore;
 use prost::Message as _;
 use tokio::task::JoinSet;
 
-use crate::{BusDispatcher, CancelMode, Canceller, Engine, EngineError, NullObserver, RunOptions};
+use crate::dispatch::TaskDispatcher;
+use crate::{
+    BusDispatcher, CancelMode, Canceller, Engine, EngineError, NullObserver, Observer, RunOptions,
+    ShipEvents,
+};
 
 /// How a replica runs.
 #[derive(Debug, Clone)]
@@ -68,23 +73,29 @@ pub fn ticket(execution_id: &str) -> Message {
 }
 
 /// Consumes execution tickets and runs them on an engine that dispatches over the bus.
-pub struct Replica {
-    engine: Arc<Engine<BusDispatcher>>,
+/// The engine's dispatcher is the bus's, or a layer over it (`ProvisioningDispatcher`).
+pub struct Replica<D = BusDispatcher> {
+    engine: Arc<Engine<D>>,
     bus: Arc<dyn Bus>,
     config: ReplicaConfig,
+    /// Where the runs' events go besides the store (the `ingest` queue), if anywhere.
+    events: Option<Shipper>,
 }
 
-impl Replica {
-    pub fn new(
-        engine: Arc<Engine<BusDispatcher>>,
-        bus: Arc<dyn Bus>,
-        config: ReplicaConfig,
-    ) -> Self {
+impl<D: TaskDispatcher + 'static> Replica<D> {
+    pub fn new(engine: Arc<Engine<D>>, bus: Arc<dyn Bus>, config: ReplicaConfig) -> Self {
         Replica {
             engine,
             bus,
             config,
+            events: None,
         }
+    }
+
+    /// Ships every run's events to ingest through `shipper`.
+    pub fn with_events(mut self, shipper: Shipper) -> Self {
+        self.events = Some(shipper);
+        self
     }
 
     /// Consumes until the executions queue fails (the broker stays unreachable). Executions
@@ -102,6 +113,7 @@ impl Replica {
                 engine,
                 self.config.clone(),
                 running.clone(),
+                self.events.clone(),
                 delivery,
             ));
             while tasks.try_join_next().is_some() {}
@@ -140,10 +152,11 @@ impl Running {
     }
 }
 
-async fn handle(
-    engine: Arc<Engine<BusDispatcher>>,
+async fn handle<D: TaskDispatcher + 'static>(
+    engine: Arc<Engine<D>>,
     config: ReplicaConfig,
     running: Running,
+    events: Option<Shipper>,
     delivery: Delivery,
 ) {
     let ticket = match ExecutionTicket::decode(delivery.message.body.as_ref()) {
@@ -189,8 +202,12 @@ async fn handle(
         config.cancel_poll,
     ));
     tracing::info!(execution = %id, redelivered, "running");
+    let mut observer: Box<dyn Observer> = match events {
+        Some(shipper) => Box::new(ShipEvents::new(shipper)),
+        None => Box::new(NullObserver),
+    };
     let result = engine
-        .run(&id, &config.run, &mut NullObserver, cancel)
+        .run(&id, &config.run, observer.as_mut(), cancel)
         .await;
     watcher.abort();
     let tickets = running.end(&id);

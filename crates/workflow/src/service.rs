@@ -7,10 +7,11 @@
 //! replicas write: `WatchExecution` polls the store, so it follows an execution whichever
 //! replica runs it, across takeovers.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use drover_bus::Bus;
 use drover_model::{Execution, ExecutionStatus, Map, Plan};
@@ -21,7 +22,11 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::{Engine, EngineError, TaskDispatcher, replica};
+use crate::events::{END_EVENT_QUIET, END_EVENT_TYPES};
+use crate::{Engine, EngineError, NewDeployment, TaskDispatcher, replica};
+
+/// How long a watch waits, once the execution has ended, for its end event to be indexed.
+const END_EVENT_GRACE: Duration = Duration::from_secs(15);
 
 /// The `Workflow` service over an engine (for its deployment and execution bookkeeping; runs
 /// happen in replicas) and the bus the tickets go to.
@@ -198,14 +203,18 @@ impl<D: TaskDispatcher + 'static> pb::workflow_server::Workflow for WorkflowServ
         } else {
             r.blueprint_id
         };
+        let mut new = NewDeployment::new(r.deployment_id.clone(), blueprint_id, plan)
+            .inputs(inputs)
+            .blueprint_dir(blueprint_dir);
+        // An empty tenant keeps NewDeployment's default one.
+        if !r.tenant.is_empty() {
+            new = new.tenant(r.tenant);
+        }
         let engine = self.engine.clone();
-        let id = r.deployment_id.clone();
-        tokio::task::spawn_blocking(move || {
-            engine.create_deployment(&id, &blueprint_id, plan, inputs, blueprint_dir)
-        })
-        .await
-        .map_err(internal)?
-        .map_err(engine_status)?;
+        tokio::task::spawn_blocking(move || engine.create_deployment(new))
+            .await
+            .map_err(internal)?
+            .map_err(engine_status)?;
         Ok(Response::new(self.deployment_reply(&r.deployment_id)?))
     }
 
@@ -359,7 +368,19 @@ impl<D: TaskDispatcher + 'static> pb::workflow_server::Workflow for WorkflowServ
 }
 
 /// Sends the execution's events, oldest first, and its status on each change, until it ends
-/// (then the events written before its end, and the final status) or the client goes away.
+/// (then its remaining events, and the final status last) or the client goes away.
+///
+/// Events kept through ingest trail the status: once the status is final, the final status
+/// of a run that started is held back until the workflow's end event has been read and no new
+/// event came for [`END_EVENT_QUIET`] (ingest replicas index side by side), or
+/// [`END_EVENT_GRACE`] passed, so a watcher that stops at the final status has seen the events
+/// before it.
+///
+/// Events are sent once each, remembered by identity rather than counted: an event shipped
+/// late (an agent's, through ingest) can sort before ones already sent, and an agent's copy of
+/// a task event replaces the engine's under the same [`Event::task_event_id`].
+///
+/// [`Event::task_event_id`]: drover_model::Event::task_event_id
 async fn watch(
     store: Arc<dyn StateStore>,
     id: String,
@@ -367,8 +388,11 @@ async fn watch(
     tx: mpsc::Sender<Result<pb::ExecutionUpdate, Status>>,
 ) {
     use pb::execution_update::Update;
-    let mut sent_events = 0;
+    let mut sent_events: HashSet<String> = HashSet::new();
     let mut last_status = None;
+    let (mut started_event_seen, mut end_event_seen) = (false, false);
+    let mut final_since: Option<Instant> = None;
+    let mut last_new_event = Instant::now();
     loop {
         // The status first: events read after a final status include the last ones.
         let execution = match store.execution(&id) {
@@ -391,8 +415,15 @@ async fn watch(
                 return;
             }
         };
-        for event in events.iter().skip(sent_events) {
+        for event in &events {
             let json = serde_json::to_string(event).unwrap_or_default();
+            let identity = event.task_event_id().unwrap_or_else(|| json.clone());
+            if !sent_events.insert(identity) {
+                continue;
+            }
+            last_new_event = Instant::now();
+            started_event_seen |= event.event_type == "workflow_started";
+            end_event_seen |= END_EVENT_TYPES.contains(&event.event_type.as_str());
             let update = pb::ExecutionUpdate {
                 update: Some(Update::EventJson(json)),
             };
@@ -400,7 +431,14 @@ async fn watch(
                 return;
             }
         }
-        sent_events = sent_events.max(events.len());
+        if execution.status.is_final() {
+            let since = *final_since.get_or_insert_with(Instant::now);
+            let complete = end_event_seen && last_new_event.elapsed() >= END_EVENT_QUIET;
+            if started_event_seen && !complete && since.elapsed() < END_EVENT_GRACE {
+                tokio::time::sleep(every).await;
+                continue;
+            }
+        }
         if last_status != Some(execution.status) {
             last_status = Some(execution.status);
             let update = pb::ExecutionUpdate {
@@ -414,5 +452,111 @@ async fn watch(
             return;
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use drover_model::{Event, EventContext, EventMessage};
+    use drover_store::MemoryStore;
+
+    use super::*;
+
+    fn task_event(task: &str, event_type: &str, at: &str) -> Event {
+        Event {
+            event_type: event_type.into(),
+            context: EventContext {
+                execution_id: "e1".into(),
+                task_id: Some(task.into()),
+                task_current_retries: Some(0),
+                ..EventContext::default()
+            },
+            message: EventMessage::default(),
+            timestamp: at.into(),
+            kind: "cloudify_event".into(),
+        }
+    }
+
+    fn terminated() -> Execution {
+        Execution {
+            id: "e1".into(),
+            deployment_id: "d1".into(),
+            workflow_id: "install".into(),
+            parameters: Map::new(),
+            status: ExecutionStatus::Terminated,
+            error: String::new(),
+            created_at: String::new(),
+            ended_at: None,
+            is_dry_run: false,
+        }
+    }
+
+    /// Two copies of one task event (the engine's and an agent's) are sent once; every other
+    /// event is sent, whatever its place in the list.
+    #[tokio::test]
+    async fn a_watch_sends_each_event_once() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+        store.put_execution(&terminated()).unwrap();
+        let events = [
+            task_event("t1", "task_succeeded", "2026-01-01T00:00:01.000Z"),
+            task_event("t2", "task_succeeded", "2026-01-01T00:00:02.000Z"),
+            task_event("t1", "task_succeeded", "2026-01-01T00:00:01.500Z"),
+        ];
+        store.append_events("e1", &events).unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        watch(store, "e1".into(), Duration::from_millis(10), tx).await;
+        let mut sent = Vec::new();
+        while let Some(Ok(update)) = rx.recv().await {
+            if let Some(pb::execution_update::Update::EventJson(json)) = update.update {
+                let event: Event = serde_json::from_str(&json).unwrap();
+                sent.push(event.context.task_id.unwrap());
+            }
+        }
+        assert_eq!(sent, ["t1", "t2"]);
+    }
+
+    /// Events through ingest trail the status: the final status waits for the end event.
+    #[tokio::test]
+    async fn a_watch_sends_the_final_status_after_the_end_event() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+        store.put_execution(&terminated()).unwrap();
+        let workflow_event = |event_type: &str| Event {
+            event_type: event_type.into(),
+            context: EventContext {
+                execution_id: "e1".into(),
+                ..EventContext::default()
+            },
+            message: EventMessage::default(),
+            timestamp: "2026-01-01T00:00:00.000Z".into(),
+            kind: "cloudify_event".into(),
+        };
+        store
+            .append_events("e1", &[workflow_event("workflow_started")])
+            .unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let watching = tokio::spawn(watch(
+            store.clone(),
+            "e1".into(),
+            Duration::from_millis(10),
+            tx,
+        ));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        store
+            .append_events("e1", &[workflow_event("workflow_succeeded")])
+            .unwrap();
+        let mut sent = Vec::new();
+        while let Some(Ok(update)) = rx.recv().await {
+            sent.push(match update.update.unwrap() {
+                pb::execution_update::Update::EventJson(json) => {
+                    serde_json::from_str::<Event>(&json).unwrap().event_type
+                }
+                pb::execution_update::Update::Execution(execution) => execution.status,
+            });
+        }
+        watching.await.unwrap();
+        assert_eq!(
+            sent,
+            ["workflow_started", "workflow_succeeded", "terminated"]
+        );
     }
 }

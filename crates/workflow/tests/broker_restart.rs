@@ -18,6 +18,7 @@ use drover_store::{FileStore, StateStore};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs RabbitMQ and restarts it: run with --ignored and DROVER_AMQP_URL set (scripts/test does)"]
 async fn an_install_survives_a_broker_restart() {
+    drover_telemetry::init_tracing("warn");
     let bus = rabbitmq(drover_bus::suite::topology("workflow-restart")).await;
     let state = tempfile::tempdir().unwrap();
     let store: Arc<dyn StateStore> = Arc::new(FileStore::open(state.path()).unwrap());

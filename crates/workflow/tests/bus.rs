@@ -16,8 +16,9 @@ use drover_agent::{
     PluginRegistry, RunnerConfig,
 };
 use drover_bus::{AmqpBus, AmqpOptions, Bus, MemoryBus, Topology};
-use drover_model::{ExecutionStatus, Map, OperationTask, Plan};
+use drover_model::{ExecutionStatus, OperationTask, Plan};
 use drover_store::MemoryStore;
+use drover_workflow::NewDeployment;
 use drover_workflow::testing::{PlanBuilder, RecordingRunner};
 use drover_workflow::{BusDispatcher, Engine};
 use serde_json::json;
@@ -108,7 +109,7 @@ async fn setup_with(bus: Arc<dyn Bus>, dispatcher: BusDispatcher, queues: &[Agen
         .collect();
     let engine = Engine::new(Arc::new(MemoryStore::new()), dispatcher);
     engine
-        .create_deployment("d", "bp", plan(), Map::new(), None)
+        .create_deployment(NewDeployment::new("d", "bp", plan()))
         .unwrap();
     Setup {
         engine,

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -206,33 +206,22 @@ async fn graceful_cancel_waits_for_tasks_in_flight() {
 async fn forced_cancel_stops_at_once_and_resume_finishes() {
     let (e, runner, engine) = cancel_after(CancelMode::Force).await;
     assert_eq!(e.status, ExecutionStatus::Cancelled);
-    let (canceller, cancel) = Canceller::new();
-    let mut observer = null();
-    let resumed = engine
-        .run(&e.id, &RunOptions::default(), &mut observer, cancel)
-        .await
-        .unwrap();
-    drop(canceller);
-    assert_eq!(
-        resumed.status,
-        ExecutionStatus::Terminated,
-        "{}",
-        resumed.error
-    );
+    resume_to_the_end(&engine, &e.id, &RunOptions::default()).await;
     assert!(instances(&engine).values().all(|i| i.state == "started"));
-    assert_ran_each_op_once_but_in_flight(&runner.record.lines(), 4);
+    // A cancel writes what ended: only what was in flight runs again.
+    assert_ran_each_op_once_but(&runner.record.lines(), 4);
 }
 
-/// Every operation ran at least once; at most `in_flight` ran twice (those in flight at the
-/// interruption, whose results were lost).
-fn assert_ran_each_op_once_but_in_flight(lines: &[String], in_flight: usize) {
+/// Every operation ran at least once; at most `rerun` ran twice (those whose completion the
+/// store had not got at the interruption).
+fn assert_ran_each_op_once_but(lines: &[String], rerun: usize) {
     let mut counts: HashMap<&String, usize> = HashMap::new();
     for l in lines {
         *counts.entry(l).or_default() += 1;
     }
     let twice = counts.values().filter(|&&c| c == 2).count();
     assert!(counts.values().all(|&c| c <= 2), "{counts:?}");
-    assert!(twice <= in_flight, "{twice} ran twice");
+    assert!(twice <= rerun, "{twice} ran twice");
     // 41 instances × 4 lifecycle ops (precreate/create/configure/start/poststart = 5) + 40 × 3 rel
     // steps × 2 sides.
     assert_eq!(counts.len(), 41 * 5 + 40 * 3 * 2);
@@ -274,18 +263,7 @@ async fn resume_after_the_process_dies_mid_install() {
     let store: Arc<dyn StateStore> = Arc::new(FileStore::open(dir.path()).unwrap());
     let dispatcher = drover_workflow::InProcessDispatcher::new(runner.clone());
     let engine = drover_workflow::Engine::new(store, dispatcher);
-    let (_canceller, cancel) = Canceller::new();
-    let mut observer = null();
-    let resumed = engine
-        .run(&execution.id, &options, &mut observer, cancel)
-        .await
-        .unwrap();
-    assert_eq!(
-        resumed.status,
-        ExecutionStatus::Terminated,
-        "{}",
-        resumed.error
-    );
+    resume_to_the_end(&engine, &execution.id, &options).await;
     assert!(
         engine
             .store()
@@ -294,13 +272,34 @@ async fn resume_after_the_process_dies_mid_install() {
             .iter()
             .all(|i| i.state == "started")
     );
-    assert_ran_each_op_once_but_in_flight(&runner.record.lines(), 4);
+    // Lost: what was in flight, and what had ended but was still on its way to the store
+    // when the process died (the store writer queues up to 16 writes, each of the reports
+    // that came together: at most the 4 in flight).
+    assert_ran_each_op_once_but(&runner.record.lines(), 4 + 16 * 4);
     let events = engine.store().events(&execution.id).unwrap();
     assert!(
         events
             .iter()
             .any(|e| e.message.text.starts_with("Resuming"))
     );
+    // A state change made again after the resume announces itself under the same id, so an
+    // id-keyed event index holds each instance's "Creating node instance" … once.
+    let mut ids: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for e in events
+        .iter()
+        .filter(|e| e.event_type == "workflow_node_event")
+    {
+        let id = e
+            .task_event_id()
+            .expect("a node event has its state change's id");
+        let node = e.context.node_id.clone().unwrap_or_default();
+        ids.entry((node, e.message.text.clone()))
+            .or_default()
+            .insert(id);
+    }
+    let instances = engine.store().node_instances("d").unwrap().len();
+    assert_eq!(ids.len(), 6 * instances, "six state changes per instance");
+    assert!(ids.values().all(|ids| ids.len() == 1), "{ids:?}");
 }
 
 #[tokio::test]
@@ -310,21 +309,76 @@ async fn a_failed_execution_resumes_from_its_failed_task() {
     let (e, _) = run(&engine, "install", json!({})).await;
     assert_eq!(e.status, ExecutionStatus::Failed);
     let before = runner.record.lines();
-    let (_canceller, cancel) = Canceller::new();
-    let mut observer = null();
-    let resumed = engine
-        .run(&e.id, &RunOptions::default(), &mut observer, cancel)
-        .await
-        .unwrap();
-    assert_eq!(
-        resumed.status,
-        ExecutionStatus::Terminated,
-        "{}",
-        resumed.error
-    );
+    resume_to_the_end(&engine, &e.id, &RunOptions::default()).await;
     let after = runner.record.lines()[before.len()..].to_vec();
     // Only the failed operation and what came after it ran.
     assert_eq!(after.first().map(String::as_str), Some("configure b_1"));
     assert!(!after.iter().any(|l| owner(l) == "a_1"), "{after:?}");
     assert!(instances(&engine).values().all(|i| i.state == "started"));
+}
+
+/// Refuses its first `fail` appends, then keeps events in a memory store.
+struct FlakySink {
+    fail: std::sync::atomic::AtomicU32,
+    kept: Arc<drover_store::MemoryStore>,
+}
+
+#[async_trait::async_trait]
+impl drover_workflow::EventSink for FlakySink {
+    async fn append(
+        &self,
+        execution_id: &str,
+        events: Vec<drover_model::Event>,
+    ) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        if self
+            .fail
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err("the broker is restarting".into());
+        }
+        self.kept.append_events(execution_id, &events).unwrap();
+        Ok(())
+    }
+}
+
+/// Events that cannot be kept interrupt the run (the replica hands the execution back to be
+/// resumed): the execution is not failed, and the resume finishes it.
+#[tokio::test]
+async fn an_event_sink_failure_interrupts_the_run_and_the_resume_finishes() {
+    let runner = RecordingRunner::new();
+    let kept = Arc::new(drover_store::MemoryStore::new());
+    let sink = Arc::new(FlakySink {
+        fail: 1.into(),
+        kept: kept.clone(),
+    });
+    let engine = engine(chain(), runner.clone()).with_events(sink);
+    let execution = engine
+        .create_execution("d", "install", Default::default(), false)
+        .unwrap();
+    let (_canceller, cancel) = Canceller::new();
+    let mut observer = Collect::default();
+    let error = engine
+        .run(&execution.id, &RunOptions::default(), &mut observer, cancel)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, drover_workflow::EngineError::Interrupted(_)),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("the broker is restarting"));
+    let stored = engine.store().execution(&execution.id).unwrap().unwrap();
+    assert_ne!(stored.status, ExecutionStatus::Failed);
+
+    resume_to_the_end(&engine, &execution.id, &RunOptions::default()).await;
+    let events = kept.events(&execution.id).unwrap();
+    assert_eq!(events.last().unwrap().event_type, "workflow_succeeded");
+    // Every operation's end, once: nothing was lost with the refused append.
+    let ended: BTreeSet<String> = events
+        .iter()
+        .filter(|e| e.event_type == "task_succeeded")
+        .filter_map(|e| e.context.task_id.clone())
+        .collect();
+    assert_eq!(ended.len(), runner.record.lines().len());
 }

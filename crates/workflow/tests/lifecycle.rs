@@ -135,7 +135,7 @@ async fn dry_run_sends_and_acknowledges_without_running() {
     assert!(runner.record.lines().is_empty());
     let sent = events
         .iter()
-        .filter(|e| e.event_type == "task_sent")
+        .filter(|e| e.event_type == "sending_task")
         .count();
     let ok = events
         .iter()
@@ -155,7 +155,7 @@ async fn events_have_cloudifys_shape_and_order() {
     let create = events
         .iter()
         .find(|ev| {
-            ev.event_type == "task_sent"
+            ev.event_type == "sending_task"
                 && ev.context.operation.as_deref() == Some("cloudify.interfaces.lifecycle.create")
         })
         .unwrap();
@@ -175,7 +175,7 @@ async fn events_have_cloudifys_shape_and_order() {
         .filter(|ev| ev.context.task_id.as_deref() == Some(task.as_str()))
         .map(|ev| ev.event_type.as_str())
         .collect();
-    assert_eq!(kinds, ["task_sent", "task_started", "task_succeeded"]);
+    assert_eq!(kinds, ["sending_task", "task_started", "task_succeeded"]);
     let rel = events
         .iter()
         .find(|ev| {
@@ -430,7 +430,7 @@ async fn compute_nodes_without_create_get_their_server_from_the_provisioner() {
     let sent = events
         .iter()
         .find(|e| {
-            e.event_type == "task_sent"
+            e.event_type == "sending_task"
                 && e.context.plugin.as_deref() == Some(drover_model::PROVISIONING_PLUGIN)
         })
         .expect("a provisioning task");

@@ -25,6 +25,20 @@ async fn install_watch_uninstall_through_grpc() {
 
     let deployment = create_deployment(&mut client, "d1", &plan).await;
     assert_eq!(deployment.node_instances, 7);
+    let tenant_of = |id: &str| store.deployment(id).unwrap().unwrap().tenant;
+    assert_eq!(tenant_of("d1"), drover_store::DEFAULT_TENANT);
+    client
+        .create_deployment(pb::CreateDeploymentRequest {
+            deployment_id: "in-t1".into(),
+            source: Some(pb::create_deployment_request::Source::PlanJson(
+                serde_json::to_string(&plan).unwrap(),
+            )),
+            tenant: "t1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(tenant_of("in-t1"), "t1", "get_secret reads t1's secrets");
     let missing = client
         .start_execution(pb::StartExecutionRequest {
             deployment_id: "nope".into(),

@@ -14,12 +14,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use drover_agent::{
-    AgentQueue, AgentService, DEFAULT_CONCURRENCY, ExternalConfig, ExternalPlugin, Heartbeat,
-    HollowHost, LogRecord, LogSink, OperationRunner, PluginCommand, PluginRegistry, PluginsDir,
-    RunnerConfig, Shipper, ShipperConfig,
+    AgentIdentity, AgentQueue, AgentService, DEFAULT_CONCURRENCY, ExternalConfig, ExternalPlugin,
+    Heartbeat, HollowHost, LoadAverage, LogRecord, LogSink, OperationRunner, PluginCommand,
+    PluginRegistry, PluginsDir, RunnerConfig, Shipper, ShipperConfig,
 };
-use drover_bus::{AmqpBus, AmqpOptions, Bus, Topology};
+use drover_bus::{AmqpBus, Bus};
 use drover_model::{OperationTask, TaskOutcome};
+use drover_telemetry::BusArgs;
 
 #[derive(Parser)]
 #[command(name = "drover-agent", version, about = "Runs drover operations")]
@@ -50,6 +51,13 @@ enum Command {
         /// `central`, or this agent's name (its queue is `agent.<NAME>`).
         #[arg(long)]
         queue: String,
+        /// The deployment of the instance this agent serves, told in its heartbeats so that the
+        /// monitor heals the right one (the process cloud sets it for the agents it starts).
+        #[arg(long, env = "DROVER_DEPLOYMENT_ID", default_value = "")]
+        deployment_id: String,
+        /// The node instance this agent serves, told in its heartbeats.
+        #[arg(long, env = "DROVER_NODE_INSTANCE_ID", default_value = "")]
+        node_instance_id: String,
         /// Tasks run at once (and the consumer's prefetch).
         #[arg(long, default_value_t = DEFAULT_CONCURRENCY)]
         concurrency: u16,
@@ -59,6 +67,10 @@ enum Command {
         /// The agent's working directory.
         #[arg(long, default_value = ".")]
         work_dir: PathBuf,
+        /// Answer every operation with success without running it, as hollow agents do: a
+        /// central agent for scale tests whose blueprints name plugins that do nothing.
+        #[arg(long)]
+        hollow: bool,
         #[command(flatten)]
         plugins: PluginArgs,
     },
@@ -84,32 +96,13 @@ enum Command {
     },
 }
 
-/// Where the broker is and how the names on it are spelled.
-#[derive(Args)]
-struct BusArgs {
-    /// The broker, e.g. amqp://127.0.0.1:5673/%2f.
-    #[arg(long)]
-    amqp_url: String,
-    /// The prefix of every exchange and queue name, as the workflow replicas use it.
-    #[arg(long, default_value = "")]
-    prefix: String,
-    /// Let the broker delete queues unused for this many seconds (for tests sharing a
-    /// broker; every user of a queue must declare it alike).
-    #[arg(long)]
-    queue_expiry_s: Option<u64>,
-}
-
-impl BusArgs {
-    async fn connect(self) -> anyhow::Result<Arc<AmqpBus>> {
-        let mut topology = Topology::new().with_prefix(self.prefix);
-        if let Some(seconds) = self.queue_expiry_s {
-            topology = topology.with_queue_expiry(Duration::from_secs(seconds));
-        }
-        let bus = AmqpBus::connect(AmqpOptions::new(self.amqp_url, topology))
-            .await
-            .context("cannot connect to the broker")?;
-        Ok(Arc::new(bus))
-    }
+/// Connects as `name` (what the broker's connection list shows).
+async fn connect(bus: &BusArgs, name: &str) -> anyhow::Result<Arc<AmqpBus>> {
+    let bus = bus
+        .connect(bus.topology(), name)
+        .await
+        .context("cannot connect to the broker")?;
+    Ok(Arc::new(bus))
 }
 
 /// External plugins (JSON lines over stdin/stdout; see the README's "Writing a plugin").
@@ -165,6 +158,9 @@ fn heartbeat_interval(ms: u64) -> Option<Duration> {
 fn main() -> ExitCode {
     drover_agent::ctx::main_if_invoked_as_ctx();
     let cli = Cli::parse();
+    // `run-task` prints the operation's logs on stderr: only warnings besides them.
+    let quiet = matches!(cli.command, Command::RunTask { .. });
+    drover_telemetry::init_tracing(if quiet { "warn" } else { "info" });
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -185,18 +181,33 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Consume {
             bus,
             queue,
+            deployment_id,
+            node_instance_id,
             concurrency,
             heartbeat_ms,
             work_dir,
+            hollow,
             plugins,
         } => {
+            let plugins = if hollow {
+                PluginRegistry::hollow(Duration::ZERO)
+            } else {
+                plugins.registry()
+            };
             let service = async {
-                let bus = bus.connect().await?;
-                let _heartbeat = heartbeat_interval(heartbeat_ms)
-                    .map(|interval| Heartbeat::start(bus.clone(), queue.clone(), interval));
+                let bus = connect(&bus, &format!("drover-agent {queue}")).await?;
+                let identity = AgentIdentity::new(queue.clone(), deployment_id, node_instance_id);
+                let _heartbeat = heartbeat_interval(heartbeat_ms).map(|interval| {
+                    Heartbeat::start_with_metrics(
+                        bus.clone(),
+                        identity,
+                        interval,
+                        Some(Arc::new(LoadAverage)),
+                    )
+                });
                 let (shipper, _shipping) =
                     Shipper::start(bus.clone(), &queue, ShipperConfig::default());
-                let runner = runner(work_dir, plugins.registry(), shipper.log_sink())?;
+                let runner = runner(work_dir, plugins, shipper.log_sink())?;
                 let service =
                     AgentService::new(bus, Arc::new(runner), AgentQueue::from(queue.as_str()))
                         .with_concurrency(concurrency)
@@ -215,7 +226,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             work_dir,
         } => {
             let host = async {
-                let bus: Arc<dyn Bus> = bus.connect().await?;
+                let bus: Arc<dyn Bus> = connect(&bus, "drover-agent hollow").await?;
                 let plugins = PluginRegistry::hollow(Duration::from_millis(delay_ms));
                 let runner = Arc::new(runner(work_dir, plugins, stderr_logs())?);
                 let host = HollowHost::start(

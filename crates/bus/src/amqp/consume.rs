@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -19,8 +19,8 @@ use crate::bus::Source;
 use crate::error::{BusError, Result};
 use crate::message::{Delivery, Message, Settle};
 
-/// How many times in a row subscribing may fail on fresh connections before `next` gives up.
-const SUBSCRIBE_ATTEMPTS: u32 = 10;
+/// The longest pause between two subscriptions that failed.
+const SUBSCRIBE_PAUSE_MAX: Duration = Duration::from_secs(3);
 
 pub(crate) struct AmqpSource {
     sessions: Arc<Sessions>,
@@ -55,8 +55,13 @@ impl AmqpSource {
         Ok(source)
     }
 
+    /// Subscribes, on a fresh connection after each failure, for as long as the reconnect
+    /// budget allows: a broker that has just restarted may accept connections and still fail
+    /// channels for a while (more so on a loaded machine), which a fixed number of attempts
+    /// does not ride out.
     async fn subscribe(&mut self) -> Result<()> {
         let mut attempt = 0;
+        let mut failing_since: Option<Instant> = None;
         loop {
             let session = self.sessions.current().await?;
             match subscribe(&session, &self.queue, self.prefetch, self.exclusive).await {
@@ -66,12 +71,15 @@ impl AmqpSource {
                 }
                 Err(error) => {
                     attempt += 1;
-                    if !matches!(error, BusError::Unavailable(_)) || attempt >= SUBSCRIBE_ATTEMPTS {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    let budget = self.sessions.options.reconnect_budget;
+                    if !matches!(error, BusError::Unavailable(_)) || since.elapsed() >= budget {
                         return Err(error);
                     }
                     warn!(%error, "subscribing again");
                     self.sessions.invalidate(session.generation).await;
-                    tokio::time::sleep(Duration::from_millis(100) * attempt).await;
+                    let pause = Duration::from_millis(100) * attempt;
+                    tokio::time::sleep(pause.min(SUBSCRIBE_PAUSE_MAX)).await;
                 }
             }
         }

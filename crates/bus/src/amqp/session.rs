@@ -1,9 +1,12 @@
 //! The connection to the broker, opened again whenever it fails.
 
 use std::collections::BTreeMap;
+use std::future::poll_fn;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
 use backon::Retryable;
@@ -29,9 +32,9 @@ pub(crate) struct Session {
     pub connection: Connection,
     pub generation: u64,
     publisher: Channel,
-    /// Publishes on one channel are serialised: lapin numbers a confirm when the publish
-    /// starts and the broker when the frames arrive, and these must agree.
-    publish_lock: tokio::sync::Mutex<()>,
+    /// Publishes on one channel are queued one at a time: lapin numbers a confirm when the
+    /// publish starts and the broker when the frames arrive, and these must agree.
+    publish_lock: Mutex<()>,
     /// The channel queues are declared on after the start, opened on first use and again after
     /// a refused declaration (which closes it).
     declarer: tokio::sync::Mutex<Option<Channel>>,
@@ -151,7 +154,7 @@ impl Sessions {
                 connection,
                 generation,
                 publisher,
-                publish_lock: tokio::sync::Mutex::new(()),
+                publish_lock: Mutex::new(()),
                 declarer: tokio::sync::Mutex::new(None),
             }),
             Err(error) => {
@@ -240,19 +243,31 @@ impl Sessions {
     /// Hands a message to the broker (without waiting for its confirm).
     pub async fn send(&self, outgoing: &Outgoing) -> Sent {
         let session = self.current().await.map_err(SendError::Final)?;
-        let sent = {
-            let _serial = session.publish_lock.lock().await;
-            let publishing = session.publisher.basic_publish(
-                outgoing.exchange.clone(),
-                outgoing.routing_key.clone(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    immediate: false,
-                },
-                &outgoing.body,
-                outgoing.properties.clone(),
-            );
-            bounded("publishing", publishing).await
+        let publishing = session.publisher.basic_publish(
+            outgoing.exchange.clone(),
+            outgoing.routing_key.clone(),
+            BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            },
+            &outgoing.body,
+            outgoing.properties.clone(),
+        );
+        let mut publishing = pin!(publishing);
+        // lapin numbers the confirm and queues the frames in the first poll, without yielding
+        // in between; only that poll is serialised. The rest waits for the frames to be
+        // written, which publishes on other tasks need not wait for.
+        let first_poll = poll_fn(|cx| {
+            let _serial = session
+                .publish_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            Poll::Ready(publishing.as_mut().poll(cx))
+        })
+        .await;
+        let sent = match first_poll {
+            Poll::Ready(sent) => sent.map_err(|e| classify("publishing", &e)),
+            Poll::Pending => bounded("publishing", publishing).await,
         };
         match sent {
             Ok(confirm) => Ok((session.generation, confirm)),

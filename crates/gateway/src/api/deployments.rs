@@ -223,7 +223,7 @@ pub async fn create(gw: Arc<Gateway>, req: Request) -> ApiResult<Reply> {
     }
     let inputs = body.inputs.unwrap_or_default();
     let blueprint_id = body.blueprint_id;
-    let plan = {
+    let (plan, main) = {
         let (tenant, id, blueprint_id, inputs) = (
             tenant.clone(),
             id.clone(),
@@ -268,13 +268,13 @@ pub async fn create(gw: Arc<Gateway>, req: Request) -> ApiResult<Reply> {
                     "deployment with id={id} already exists on tenant {owner}"
                 )));
             }
-            Ok(plan)
+            Ok((plan, main))
         })
         .await?
     };
     if let Err(e) = gw
         .workflows
-        .create_deployment(&id, &blueprint_id, &plan, &inputs)
+        .create_deployment(&tenant, &id, &blueprint_id, &plan, &main, &inputs)
         .await
     {
         let release = id.clone();

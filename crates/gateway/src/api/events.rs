@@ -2,8 +2,11 @@
 //! Cloudify's flat shape, with type, time-range and text filters, pagination and sort.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use drover_model::Execution;
 use drover_store::{EventQuery, EventRecord, SortOrder};
+use drover_workflow::{END_EVENT_QUIET, END_EVENT_TYPES};
 use serde_json::{Value, json};
 use warp::http::StatusCode;
 
@@ -58,6 +61,52 @@ const KNOWN: &[&str] = &[
     "_range",
     "_include",
 ];
+
+/// How long a list of a just-ended execution's events waits for its end event, at most.
+const END_EVENT_WAIT: Duration = Duration::from_secs(30);
+/// Executions that ended longer ago than this are not waited for.
+const RECENTLY_ENDED: Duration = Duration::from_secs(300);
+
+/// Events reach the index through ingest, behind the execution's status. So that a client
+/// that lists an execution's events once its status is final (what Cloudify's client and
+/// scripts do) gets all of them, a list of a recently ended execution's events first waits
+/// (up to [`END_EVENT_WAIT`]) until the workflow's end event is indexed, and, if it had to
+/// wait, [`END_EVENT_QUIET`] more for what another ingest replica indexes beside it.
+fn wait_for_the_end_event(gw: &Gateway, execution: &Execution) {
+    let ended = execution
+        .ended_at
+        .as_deref()
+        .filter(|_| execution.status.is_final())
+        .and_then(|t| humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok());
+    let Some(ended) = ended else { return };
+    if ended.elapsed().unwrap_or_default() > RECENTLY_ENDED {
+        return;
+    }
+    let end_event = EventQuery {
+        execution_id: Some(execution.id.clone()),
+        event_types: END_EVENT_TYPES.iter().map(|t| (*t).to_owned()).collect(),
+        ..EventQuery::default()
+    };
+    let started = Instant::now();
+    let mut waited = false;
+    while started.elapsed() < END_EVENT_WAIT {
+        match gw.events.query(&end_event, SortOrder::Ascending, 0, 1) {
+            Ok(page) if page.total > 0 => {
+                if waited {
+                    std::thread::sleep(END_EVENT_QUIET);
+                }
+                return;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, execution = %execution.id, "looking for the end event");
+                return;
+            }
+        }
+        waited = true;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
 
 pub async fn list(gw: Arc<Gateway>, req: Request) -> ApiResult<Reply> {
     let tenant = req.caller().tenant.clone();
@@ -141,10 +190,15 @@ pub async fn list(gw: Arc<Gateway>, req: Request) -> ApiResult<Reply> {
     let body = gw
         .blocking(move |gw| {
             // Events are listed within what the tenant owns: its execution or deployment.
-            let deployment = match (&query.execution_id, &query.deployment_id) {
-                (Some(e), _) => gw.store.execution(e)?.map(|e| e.deployment_id),
-                (None, Some(d)) => Some(d.clone()),
-                (None, None) => {
+            let execution = match &query.execution_id {
+                Some(e) => gw.store.execution(e)?,
+                None => None,
+            };
+            let deployment = match (&execution, &query.execution_id, &query.deployment_id) {
+                (Some(e), _, _) => Some(e.deployment_id.clone()),
+                (None, Some(_), _) => None,
+                (None, None, Some(d)) => Some(d.clone()),
+                (None, None, None) => {
                     return Err(ApiError::bad_request(
                         "list events of an execution or a deployment: give execution_id or deployment_id",
                     ));
@@ -153,6 +207,9 @@ pub async fn list(gw: Arc<Gateway>, req: Request) -> ApiResult<Reply> {
             let Some(deployment) = deployment.filter(|d| owns(gw, Kind::Deployment, d, &tenant).unwrap_or(false)) else {
                 return Ok(list_body(Vec::new(), 0, size, offset));
             };
+            if let Some(execution) = &execution {
+                wait_for_the_end_event(gw, execution);
+            }
             let blueprint = gw.store.deployment(&deployment)?.map(|d| d.blueprint_id);
             let page = gw.events.query(&query, order, offset, size)?;
             let mut items = Vec::with_capacity(page.records.len());

@@ -1,9 +1,11 @@
-//! `/secrets`: per-tenant values that blueprints read with `get_secret`. A value appears only
-//! in the answer to `GET /secrets/<key>` (hidden there too when `is_hidden_value`), never in
-//! lists or logs.
+//! `/secrets`: per-tenant values that blueprints read with `get_secret`, kept in the state
+//! store, where the engine evaluating `get_secret` reads them. A value appears only in the
+//! answer to `GET /secrets/<key>` (hidden there too when `is_hidden_value`), never in lists or
+//! logs.
 
 use std::sync::Arc;
 
+use drover_store::Secret;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use warp::http::StatusCode;
@@ -11,7 +13,6 @@ use warp::http::StatusCode;
 use super::{now, tenant_fields};
 use crate::error::{ApiError, ApiResult};
 use crate::query::ListParams;
-use crate::registry::Secret;
 use crate::{Gateway, Reply, Request};
 
 fn secret_json(s: &Secret, tenant: &str, with_value: bool) -> Value {
@@ -41,7 +42,7 @@ pub async fn list(gw: Arc<Gateway>, req: Request) -> ApiResult<Reply> {
     let items = gw
         .blocking(move |gw| {
             Ok(gw
-                .registry
+                .store
                 .secrets(&tenant)?
                 .iter()
                 .map(|s| secret_json(s, &tenant, false))
@@ -57,7 +58,7 @@ pub async fn get(gw: Arc<Gateway>, req: Request) -> ApiResult<Reply> {
     let s = gw
         .blocking(move |gw| {
             let s = gw
-                .registry
+                .store
                 .secret(&tenant, &key)?
                 .ok_or_else(|| ApiError::not_found("Secret", &key))?;
             Ok(secret_json(&s, &tenant, !s.is_hidden_value))
@@ -103,7 +104,7 @@ pub async fn put(gw: Arc<Gateway>, req: Request) -> ApiResult<Reply> {
     }
     let s = gw
         .blocking(move |gw| {
-            let existing = gw.registry.secret(&tenant, &key)?;
+            let existing = gw.store.secret(&tenant, &key)?;
             if existing.is_some() && !body.update_if_exists {
                 return Err(ApiError::conflict(format!(
                     "secret with key {key} already exists on tenant {tenant}"
@@ -118,7 +119,7 @@ pub async fn put(gw: Arc<Gateway>, req: Request) -> ApiResult<Reply> {
                 visibility,
                 is_hidden_value: body.is_hidden_value,
             };
-            gw.registry.put_secret(&tenant, secret.clone())?;
+            gw.store.put_secret(&tenant, &secret)?;
             Ok(secret_json(&secret, &tenant, false))
         })
         .await?;
@@ -129,7 +130,7 @@ pub async fn delete(gw: Arc<Gateway>, req: Request) -> ApiResult<Reply> {
     let tenant = req.caller().tenant.clone();
     let key = req.params[0].clone();
     gw.blocking(move |gw| {
-        if gw.registry.delete_secret(&tenant, &key)? {
+        if gw.store.delete_secret(&tenant, &key)? {
             Ok(())
         } else {
             Err(ApiError::not_found("Secret", &key))

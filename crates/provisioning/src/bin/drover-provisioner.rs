@@ -10,9 +10,10 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use drover_provisioning::process::ProcessCloud;
 use drover_provisioning::{
-    CloudDriver, Journal, NovaAccount, NovaDriver, NovaPolicy, Provisioner, ProvisionerConfig,
-    ProvisioningService, RequestPolicy, SimCloud, SimConfig,
+    CloudDriver, Journal, Metrics, NovaAccount, NovaDriver, NovaPolicy, Provisioner,
+    ProvisionerConfig, ProvisioningService, RequestPolicy, SimCloud, SimConfig,
 };
+use drover_telemetry::{HttpArgs, HttpSide};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Cloud {
@@ -31,9 +32,11 @@ struct Args {
     #[arg(
         long,
         env = "DROVER_PROVISIONER_LISTEN",
-        default_value = "127.0.0.1:50061"
+        default_value = "127.0.0.1:50052"
     )]
     listen: String,
+    #[command(flatten)]
+    http: HttpArgs,
     #[arg(
         long,
         env = "DROVER_PROVISIONER_CLOUD",
@@ -54,6 +57,10 @@ struct Args {
     /// Requests that may go out back to back before the pace applies.
     #[arg(long, default_value_t = 1)]
     burst: u32,
+    /// Provisioner replicas sharing this account: each paces at --requests-per-second and
+    /// --burst divided by this (at least 1), so together they stay under the account's limit.
+    #[arg(long, env = "DROVER_PROVISIONER_REPLICAS", default_value_t = 1)]
+    replicas: u32,
     /// Servers per batch.
     #[arg(long, default_value_t = 50)]
     batch_size: usize,
@@ -103,6 +110,11 @@ fn nonzero(n: u32, flag: &str) -> anyhow::Result<NonZeroU32> {
 }
 
 impl Args {
+    /// This replica's share of an account-wide figure.
+    fn share(&self, figure: u32) -> u32 {
+        (figure / self.replicas.max(1)).max(1)
+    }
+
     fn driver(&self) -> anyhow::Result<Arc<dyn CloudDriver>> {
         Ok(match self.cloud {
             Cloud::Sim => Arc::new(SimCloud::new(SimConfig::default())),
@@ -121,10 +133,10 @@ impl Args {
                 let policy = NovaPolicy {
                     requests: RequestPolicy {
                         requests_per_second: nonzero(
-                            self.requests_per_second,
+                            self.share(self.requests_per_second),
                             "requests-per-second",
                         )?,
-                        burst: nonzero(self.burst, "burst")?,
+                        burst: nonzero(self.share(self.burst), "burst")?,
                         timeout: seconds(self.request_timeout_s, "request-timeout-s")?,
                         max_attempts: self.max_attempts,
                         min_backoff: Duration::from_millis(200),
@@ -150,12 +162,15 @@ impl Args {
     fn provisioner_config(&self) -> anyhow::Result<ProvisionerConfig> {
         let rps = match self.cloud {
             Cloud::Nova => 10_000,
-            Cloud::Process | Cloud::Sim => self.requests_per_second,
+            Cloud::Process | Cloud::Sim => self.share(self.requests_per_second),
         };
         Ok(ProvisionerConfig {
             batch_size: self.batch_size,
             requests_per_second: nonzero(rps, "requests-per-second")?,
-            burst: nonzero(self.burst.max(self.concurrent_batches as u32), "burst")?,
+            burst: nonzero(
+                self.share(self.burst).max(self.concurrent_batches as u32),
+                "burst",
+            )?,
             concurrent_requests: self.concurrent_batches,
             max_attempts: self.max_attempts,
             min_backoff: Duration::from_millis(200),
@@ -169,7 +184,14 @@ async fn main() -> anyhow::Result<()> {
     drover_telemetry::init_tracing("error");
     let args = Args::parse();
     let provisioner = Provisioner::new(args.driver()?, args.provisioner_config()?);
-    let service = ProvisioningService::new(provisioner, args.batch_size);
+    let mut http = HttpSide::new("provisioner");
+    let metrics = Metrics::default();
+    metrics.register(http.registry());
+    if let (Cloud::Nova, Ok(auth_url)) = (args.cloud, std::env::var("OS_AUTH_URL")) {
+        http = http.with_reachable("keystone", &auth_url)?;
+    }
+    http.spawn(args.http.http_listen).await?;
+    let service = ProvisioningService::new(provisioner, args.batch_size).with_metrics(metrics);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

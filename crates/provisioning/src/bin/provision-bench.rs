@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use drover_provisioning::{Provisioner, ProvisionerConfig, RemoteCloud, ServerSpec};
+use drover_provisioning::{Provisioner, ProvisionerConfig, RemoteCloud, ServerKey, ServerSpec};
 use serde_json::{Value, json};
 
 #[derive(Parser)]
@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
             properties: Default::default(),
         })
         .collect();
-    let keys: Vec<String> = specs.iter().map(|s| s.key.clone()).collect();
+    let keys: Vec<ServerKey> = specs.iter().map(ServerSpec::server_key).collect();
 
     let before = stats(&args.cloudsim).await?;
     let start = Instant::now();

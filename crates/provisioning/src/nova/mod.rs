@@ -2,7 +2,8 @@
 //! `drover-cloudsim`; a real OpenStack is a drop-in.
 //!
 //! Idempotency: every server carries `drover_deployment_id` and `drover_node_instance_id`
-//! metadata. A create first lists the deployment's servers and adopts the one carrying the key;
+//! metadata. A create first lists the deployment's servers and adopts the one carrying the key
+//! (a delete, too, looks in the deployment only: node instance ids repeat across deployments);
 //! a create whose answer was lost (5xx, timeout) is not repeated blindly: the driver waits until
 //! the cloud's list consistency window has passed since the request (the [`Journal`] remembers
 //! when, across a crash too), lists again, and only then creates. After the create, the driver
@@ -32,7 +33,8 @@ use tokio::sync::Semaphore;
 pub use api::{NovaAccount, RequestPolicy};
 
 use crate::driver::{
-    CloudDriver, CloudError, DriverFuture, Server, ServerSpec, TAG_DEPLOYMENT, TAG_NODE_INSTANCE,
+    CloudDriver, CloudError, DriverFuture, Server, ServerKey, ServerSpec, TAG_DEPLOYMENT,
+    TAG_NODE_INSTANCE,
 };
 use crate::journal::{Journal, JournalError};
 use api::Api;
@@ -174,11 +176,16 @@ impl NovaDriver {
 
     /// Waits until lists can be trusted for `keys`: until their last create requests are
     /// older than the consistency window.
-    async fn settle<'k>(&self, keys: impl IntoIterator<Item = &'k str>) {
+    async fn settle<'k>(&self, keys: impl IntoIterator<Item = &'k ServerKey>) {
         let newest = keys
             .into_iter()
             .filter_map(|k| self.journal.get(k).last_intent)
             .max();
+        self.settle_since(newest).await;
+    }
+
+    /// Waits until the consistency window has passed since `newest` (a create request's time).
+    async fn settle_since(&self, newest: Option<SystemTime>) {
         if let Some(newest) = newest {
             let trusted = newest + self.policy.list_consistency;
             if let Ok(wait) = trusted.duration_since(SystemTime::now()) {
@@ -240,7 +247,7 @@ impl NovaDriver {
     }
 
     /// Deletes a server (gone already counts as deleted) and journals it.
-    async fn delete_id(&self, key: &str, id: &str) -> Result<(), CloudError> {
+    async fn delete_id(&self, key: &ServerKey, id: &str) -> Result<(), CloudError> {
         self.api
             .call(
                 Method::DELETE,
@@ -278,7 +285,8 @@ impl NovaDriver {
                 .map(|uuid| json!({ "uuid": uuid }))
                 .collect();
         }
-        self.journal.intent(&spec.key).map_err(journal_error)?;
+        let key = spec.server_key();
+        self.journal.intent(&key).map_err(journal_error)?;
         let body = json!({ "server": server });
         match self
             .api
@@ -296,14 +304,14 @@ impl NovaDriver {
                             answer.status
                         ))
                     })?;
-                self.journal.created(&spec.key, id).map_err(journal_error)?;
+                self.journal.created(&key, id).map_err(journal_error)?;
                 Ok(Some(id.to_owned()))
             }
             Err(CloudError::Transient(error)) => {
                 tracing::debug!(key = %spec.key, %error, "create answer lost");
                 // The cloud may have acted on the request any time until now (the request
                 // waited for its pace first): the consistency window starts here.
-                self.journal.intent(&spec.key).map_err(journal_error)?;
+                self.journal.intent(&key).map_err(journal_error)?;
                 Ok(None)
             }
             Err(other) => Err(other),
@@ -350,7 +358,8 @@ impl NovaDriver {
     /// The key's server per a list that can be trusted; extra ones (which only a second
     /// provisioner racing on the same key could make) are deleted.
     async fn find(&self, spec: &ServerSpec) -> Result<Option<NovaServer>, CloudError> {
-        self.settle([spec.key.as_str()]).await;
+        let key = spec.server_key();
+        self.settle([&key]).await;
         let mut found = self
             .list(&[
                 (TAG_DEPLOYMENT, &spec.deployment_id),
@@ -362,7 +371,7 @@ impl NovaDriver {
         let first = found.next();
         for extra in found {
             tracing::warn!(key = %spec.key, id = %extra.id, "deleting a second server of one key");
-            self.delete_id(&spec.key, &extra.id).await?;
+            self.delete_id(&key, &extra.id).await?;
         }
         Ok(first)
     }
@@ -414,7 +423,7 @@ impl NovaDriver {
                 }
                 Built::Failed(why) => {
                     tracing::info!(key = %spec.key, %why, "deleting and making it again");
-                    self.delete_id(&spec.key, &server.id).await?;
+                    self.delete_id(&spec.server_key(), &server.id).await?;
                     failures.push(why);
                 }
             }
@@ -431,7 +440,8 @@ impl NovaDriver {
         &self,
         specs: &[ServerSpec],
     ) -> Result<Vec<Result<Server, CloudError>>, CloudError> {
-        self.settle(specs.iter().map(|s| s.key.as_str())).await;
+        let keys: Vec<ServerKey> = specs.iter().map(ServerSpec::server_key).collect();
+        self.settle(&keys).await;
         let mut existing: HashMap<(String, String), NovaServer> = HashMap::new();
         let deployments: HashSet<&str> = specs.iter().map(|s| s.deployment_id.as_str()).collect();
         for deployment in deployments {
@@ -457,18 +467,24 @@ impl NovaDriver {
 
     async fn delete_batch(
         &self,
-        keys: &[String],
+        keys: &[ServerKey],
     ) -> Result<Vec<Result<(), CloudError>>, CloudError> {
-        self.settle(keys.iter().map(String::as_str)).await;
-        let wanted: HashSet<&str> = keys.iter().map(String::as_str).collect();
-        let mut ids: HashMap<&str, HashSet<String>> = HashMap::new();
-        for server in self.list(&[]).await? {
-            if let Some(key) = server.key().and_then(|k| wanted.get(k)) {
-                ids.entry(key).or_default().insert(server.id);
+        self.settle(keys).await;
+        let wanted: HashSet<&ServerKey> = keys.iter().collect();
+        let mut ids: HashMap<ServerKey, HashSet<String>> = HashMap::new();
+        let deployments: HashSet<&str> = keys.iter().map(|k| k.deployment_id.as_str()).collect();
+        for deployment in deployments {
+            for server in self.list(&[(TAG_DEPLOYMENT, deployment)]).await? {
+                let Some(key) = server.key().map(|k| ServerKey::new(k, deployment)) else {
+                    continue;
+                };
+                if wanted.contains(&key) {
+                    ids.entry(key).or_default().insert(server.id);
+                }
             }
         }
         let deletions = keys.iter().map(|key| {
-            let mut key_ids = ids.remove(key.as_str()).unwrap_or_default();
+            let mut key_ids = ids.remove(key).unwrap_or_default();
             key_ids.extend(self.journal.get(key).server_ids);
             async move {
                 for id in &key_ids {
@@ -508,13 +524,17 @@ impl CloudDriver for NovaDriver {
 
     fn delete_servers<'a>(
         &'a self,
-        keys: &'a [String],
+        keys: &'a [ServerKey],
     ) -> DriverFuture<'a, Vec<Result<(), CloudError>>> {
         Box::pin(self.delete_batch(keys))
     }
 
     fn list_servers<'a>(&'a self, deployment_id: Option<&'a str>) -> DriverFuture<'a, Vec<Server>> {
         Box::pin(async move {
+            // A server created a moment ago may be missing from lists: a reconcile that
+            // missed it would leave it behind.
+            self.settle_since(self.journal.newest_intent(deployment_id))
+                .await;
             let filter: Vec<(&str, &str)> = deployment_id
                 .map(|d| (TAG_DEPLOYMENT, d))
                 .into_iter()

@@ -8,6 +8,7 @@
 //! | `blueprints`, `deployments`, `executions` | one document per record | the record's id |
 //! | `node-instances` | one per instance, with its version and first-write sequence | `deployment/instance` |
 //! | `journal` | one per journal entry, with a per-store increasing sequence | `execution/sequence` |
+//! | `secrets` | one per secret of a tenant | `tenant/key` |
 //! | `events-YYYY.MM.DD` | logs and events, by the day of their timestamp | the record's id |
 //! | `dead-letter` | what OpenSearch rejected for good, with the reason | the record's id |
 //!
@@ -26,6 +27,7 @@ mod worker;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt, stream};
 use opensearch::http::StatusCode;
 use opensearch::http::response::Response;
 use opensearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
@@ -37,6 +39,12 @@ use opensearch::{BulkParts, GetParts, OpenSearch, SearchParts};
 use serde_json::{Value, json};
 
 pub use events::OpenSearchEventIndex;
+
+/// Event records in one bulk request at most.
+const EVENTS_PER_BULK: usize = 1000;
+
+/// Bulk requests of one call sent at once: the write threads of a small node.
+const BULKS_IN_FLIGHT: usize = 2;
 pub use opensearch::params::Refresh;
 pub use store::OpenSearchStore;
 
@@ -197,11 +205,18 @@ impl Client {
                 .await;
             checked(response, "putting an index template").await?;
         }
-        for name in STATE_INDICES {
+        // Today's event index too, not left to the first bulk: a search that meets an index
+        // whose shards are still starting fails ("all shards failed").
+        let today = time::OffsetDateTime::now_utc().date();
+        let indices = STATE_INDICES
+            .iter()
+            .map(|name| self.index(name))
+            .chain([self.events_index_of(today)]);
+        for index in indices {
             let response = self
                 .os
                 .indices()
-                .create(IndicesCreateParts::Index(&self.index(name)))
+                .create(IndicesCreateParts::Index(&index))
                 .send()
                 .await
                 .map_err(request_error)?;
@@ -210,14 +225,12 @@ impl Client {
                 let body = response.text().await.unwrap_or_default();
                 if !body.contains("resource_already_exists_exception") {
                     return Err(StoreError::OpenSearch(format!(
-                        "creating index {}: {status}: {body}",
-                        self.index(name)
+                        "creating index {index}: {status}: {body}"
                     )));
                 }
             }
         }
-        self.apply_retention(time::OffsetDateTime::now_utc().date())
-            .await?;
+        self.apply_retention(today).await?;
         Ok(())
     }
 
@@ -257,7 +270,7 @@ impl Client {
     }
 
     /// Sends one `_bulk` request (NDJSON `body`) and returns each item's outcome, in order.
-    pub async fn bulk(&self, body: Bytes, refresh: Refresh) -> Result<Vec<ItemOutcome>> {
+    async fn bulk(&self, body: Bytes, refresh: Refresh) -> Result<Vec<ItemOutcome>> {
         let response = self
             .os
             .bulk(BulkParts::None)
@@ -270,36 +283,65 @@ impl Client {
         Ok(items.iter().map(item_outcome).collect())
     }
 
-    /// Indexes records into their day's event index, each under its id.
+    /// Indexes records into their day's event index, each under its id; outcomes in order.
+    ///
+    /// A large set goes as several bulk requests of [`EVENTS_PER_BULK`] (and
+    /// [`MAX_BULK_BYTES`]), [`BULKS_IN_FLIGHT`] at a time: OpenSearch works through one bulk's items for a shard on one write thread,
+    /// so a single huge request leaves the node's other write threads idle (and could pass its
+    /// request size limit).
     pub async fn bulk_events(
         &self,
         records: &[EventRecord],
         refresh: Refresh,
     ) -> Result<Vec<ItemOutcome>> {
-        let mut body = Vec::with_capacity(records.len() * 400);
+        let mut body = BulkBody::new().max_actions(EVENTS_PER_BULK);
         for record in records {
-            push_line(
-                &mut body,
-                &json!({"index": {"_index": self.events_index_for(&record.event.timestamp), "_id": record.id}}),
+            let index = self.events_index_for(&record.event.timestamp);
+            body.push(
+                &json!({"index": {"_index": index, "_id": record.id}}),
+                record,
             )?;
-            push_line(&mut body, record)?;
         }
-        self.bulk(Bytes::from(body), refresh).await
+        self.send_bulk(body, refresh, BULKS_IN_FLIGHT).await
+    }
+
+    /// Sends a body's requests, `in_flight` at a time; the outcome of every action, in order.
+    /// Fails when a request fails as a whole.
+    async fn send_bulk(
+        &self,
+        body: BulkBody,
+        refresh: Refresh,
+        in_flight: usize,
+    ) -> Result<Vec<ItemOutcome>> {
+        let outcomes: Vec<Vec<ItemOutcome>> = stream::iter(body.into_requests())
+            .map(|request| self.bulk(request, refresh))
+            .buffered(in_flight)
+            .try_collect()
+            .await?;
+        Ok(outcomes.into_iter().flatten().collect())
+    }
+
+    /// [`Client::send_bulk`], one request after the other (writes whose order matters).
+    pub(super) async fn send_bulk_in_order(
+        &self,
+        body: BulkBody,
+        refresh: Refresh,
+    ) -> Result<Vec<ItemOutcome>> {
+        self.send_bulk(body, refresh, 1).await
     }
 
     /// Records documents OpenSearch rejected for good: each one's id, the reason, and its JSON.
     pub async fn dead_letter(&self, rejected: &[(String, String, String)]) -> Result<()> {
         let index = self.dead_letter_index();
         let at = now_rfc3339();
-        let mut body = Vec::new();
+        let mut body = BulkBody::new();
         for (id, reason, source) in rejected {
-            push_line(&mut body, &json!({"index": {"_index": index, "_id": id}}))?;
-            push_line(
-                &mut body,
+            body.push(
+                &json!({"index": {"_index": index, "_id": id}}),
                 &json!({"id": id, "reason": reason, "source": source, "at": at}),
             )?;
         }
-        let outcomes = self.bulk(Bytes::from(body), Refresh::False).await?;
+        let outcomes = self.send_bulk_in_order(body, Refresh::False).await?;
         match outcomes.iter().find(|o| **o != ItemOutcome::Indexed) {
             Some(o) => Err(StoreError::OpenSearch(format!(
                 "the dead-letter index refused a document: {o:?}"
@@ -429,18 +471,21 @@ pub(crate) fn now_rfc3339() -> String {
 }
 
 /// The state indices, created at start.
-const STATE_INDICES: [&str; 5] = [
+const STATE_INDICES: [&str; 6] = [
     "blueprints",
     "deployments",
     "node-instances",
     "executions",
     "journal",
+    "secrets",
 ];
 
 /// Each template's index name (or pattern), mappings and settings.
 fn templates() -> Vec<(&'static str, Value, Value)> {
     let keyword = || json!({"type": "keyword"});
     let long = || json!({"type": "long"});
+    // A keyword only ever filtered on: no doc values (nothing sorts or aggregates by it).
+    let filter = || json!({"type": "keyword", "doc_values": false});
     // The whole record, kept in `_source`, never indexed.
     let body = || json!({"type": "text", "index": false});
     // State is read right after it is written: refreshed often, and waited for by writes.
@@ -465,6 +510,13 @@ fn templates() -> Vec<(&'static str, Value, Value)> {
                 "id": keyword(), "deployment_id": keyword(), "status": keyword(),
                 "created_at": keyword(), "body": body(),
             }}),
+            state.clone(),
+        ),
+        (
+            "secrets",
+            json!({"dynamic": false, "properties": {
+                "tenant": keyword(), "key": keyword(), "body": body(),
+            }}),
             state,
         ),
         (
@@ -475,21 +527,31 @@ fn templates() -> Vec<(&'static str, Value, Value)> {
             json!({"number_of_shards": 1}),
         ),
         (
+            // Written a few hundred thousand at a time by an install of thousands of instances,
+            // and the node's costliest work then: only what queries use is indexed. Filters
+            // need no doc values (only the sort's `timestamp` and `id` keep them); the text
+            // is matched, never scored nor searched as a phrase (no frequencies, positions
+            // or norms).
             "events-*",
             json!({"dynamic": false, "properties": {
-                "id": keyword(), "type": keyword(), "event_type": keyword(), "level": keyword(),
-                "logger": keyword(), "timestamp": {"type": "date", "format": "strict_date_optional_time"},
+                "id": keyword(), "type": filter(), "event_type": filter(), "level": filter(),
+                "logger": filter(), "timestamp": {"type": "date", "format": "strict_date_optional_time"},
                 "context": {"dynamic": false, "properties": {
-                    "deployment_id": keyword(), "execution_id": keyword(),
-                    "workflow_id": keyword(), "task_id": keyword(), "operation": keyword(),
-                    "plugin": keyword(), "node_id": keyword(), "node_name": keyword(),
+                    "deployment_id": filter(), "execution_id": filter(),
+                    "workflow_id": filter(), "task_id": filter(), "operation": filter(),
+                    "plugin": filter(), "node_id": filter(), "node_name": filter(),
                 }},
                 "message": {"properties": {
-                    "text": {"type": "text"},
+                    "text": {"type": "text", "index_options": "docs", "norms": false},
                     "arguments": {"type": "object", "enabled": false},
                 }},
             }}),
-            json!({"number_of_shards": 1, "refresh_interval": "1s"}),
+            // No explicit refresh interval: OpenSearch's default (every second) with its
+            // search-idle rule, so while nobody has searched the index for 30 s (an install's
+            // burst, say) it is not refreshed at all, and the first search waits for a refresh
+            // and sees everything. Under such a burst each refresh made a small segment: the
+            // refreshes and the merges after them took a third as long as the indexing itself.
+            json!({"number_of_shards": 1}),
         ),
         (
             "dead-letter",
@@ -506,6 +568,90 @@ fn push_line(buf: &mut Vec<u8>, value: &impl serde::Serialize) -> Result<()> {
     serde_json::to_writer(&mut *buf, value)?;
     buf.push(b'\n');
     Ok(())
+}
+
+/// Bytes of one `_bulk` request at most: OpenSearch refuses a request over its
+/// `http.max_content_length` (100 MB by default), which the node instances of a deployment of
+/// a hundred thousand would pass.
+const MAX_BULK_BYTES: usize = 8 << 20;
+
+/// A `_bulk` body, cut between actions into requests of at most [`MAX_BULK_BYTES`] (an action
+/// larger than that alone makes a request of its own) and, if asked, of at most so many
+/// actions.
+pub(super) struct BulkBody {
+    requests: Vec<Bytes>,
+    current: Vec<u8>,
+    /// Actions in `current`.
+    actions: usize,
+    max_bytes: usize,
+    max_actions: usize,
+}
+
+impl BulkBody {
+    pub(super) fn new() -> Self {
+        BulkBody {
+            requests: Vec::new(),
+            current: Vec::new(),
+            actions: 0,
+            max_bytes: MAX_BULK_BYTES,
+            max_actions: usize::MAX,
+        }
+    }
+
+    #[cfg(test)]
+    fn max_bytes(mut self, max: usize) -> Self {
+        self.max_bytes = max;
+        self
+    }
+
+    fn max_actions(mut self, max: usize) -> Self {
+        self.max_actions = max;
+        self
+    }
+
+    /// Adds an action with its document (`index`, `update` …).
+    pub(super) fn push(&mut self, action: &Value, source: &impl serde::Serialize) -> Result<()> {
+        self.add(|buf| {
+            push_line(buf, action)?;
+            push_line(buf, source)
+        })
+    }
+
+    /// Adds a `delete` action (no document).
+    pub(super) fn delete(&mut self, action: &Value) -> Result<()> {
+        self.add(|buf| push_line(buf, action))
+    }
+
+    fn add(&mut self, write: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<()> {
+        if self.actions == self.max_actions {
+            self.cut();
+        }
+        let start = self.current.len();
+        write(&mut self.current)?;
+        self.actions += 1;
+        if self.current.len() > self.max_bytes && start > 0 {
+            let this = self.current.split_off(start);
+            let full = std::mem::replace(&mut self.current, this);
+            self.requests.push(Bytes::from(full));
+            self.actions = 1;
+        }
+        Ok(())
+    }
+
+    /// Closes the current request, if it has anything.
+    fn cut(&mut self) {
+        if !self.current.is_empty() {
+            self.requests
+                .push(Bytes::from(std::mem::take(&mut self.current)));
+            self.actions = 0;
+        }
+    }
+
+    /// The requests' bodies, in the order of the actions.
+    fn into_requests(mut self) -> Vec<Bytes> {
+        self.cut();
+        self.requests
+    }
 }
 
 fn item_outcome(item: &Value) -> ItemOutcome {
@@ -545,8 +691,78 @@ async fn checked(response: Result<Response, opensearch::Error>, what: &str) -> R
     let response = response.map_err(request_error)?;
     let status = response.status_code();
     let text = response.text().await.map_err(request_error)?;
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        return Err(StoreError::Unavailable(format!("{what}: {status}: {text}")));
+    }
     if !status.is_success() {
         return Err(StoreError::OpenSearch(format!("{what}: {status}: {text}")));
     }
     Ok(serde_json::from_str(&text)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(request: &Bytes) -> Vec<Value> {
+        std::str::from_utf8(request)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_bulk_body_is_cut_between_actions_and_keeps_their_order() {
+        let mut body = BulkBody::new().max_bytes(200);
+        let mut whole = Vec::new();
+        for i in 0..20 {
+            let action = json!({"index": {"_index": "x", "_id": i}});
+            let doc = json!({"n": i, "pad": "p".repeat(i * 5)});
+            push_line(&mut whole, &action).unwrap();
+            push_line(&mut whole, &doc).unwrap();
+            body.push(&action, &doc).unwrap();
+        }
+        body.delete(&json!({"delete": {"_index": "x", "_id": 99}}))
+            .unwrap();
+        push_line(&mut whole, &json!({"delete": {"_index": "x", "_id": 99}})).unwrap();
+        let requests = body.into_requests();
+        assert!(requests.len() > 5, "{} requests", requests.len());
+        let joined: Vec<u8> = requests.iter().flat_map(|r| r.to_vec()).collect();
+        assert_eq!(joined, whole, "nothing lost, added or reordered");
+        for request in &requests {
+            let lines = lines(request);
+            // Each request starts with an action, and an index action has its document.
+            assert!(lines[0].get("index").or(lines[0].get("delete")).is_some());
+            let one_action = lines.len() <= 2;
+            assert!(
+                request.len() <= 200 || one_action,
+                "{} bytes",
+                request.len()
+            );
+        }
+    }
+
+    #[test]
+    fn a_bulk_body_can_be_cut_by_actions_too() {
+        let mut body = BulkBody::new().max_actions(3);
+        for i in 0..7 {
+            body.push(
+                &json!({"index": {"_index": "x", "_id": i}}),
+                &json!({"n": i}),
+            )
+            .unwrap();
+        }
+        let sizes: Vec<usize> = body
+            .into_requests()
+            .iter()
+            .map(|r| lines(r).len() / 2)
+            .collect();
+        assert_eq!(sizes, [3, 3, 1]);
+    }
+
+    #[test]
+    fn an_empty_bulk_body_makes_no_request() {
+        assert!(BulkBody::new().into_requests().is_empty());
+    }
 }

@@ -1,10 +1,10 @@
 //! [`OpenSearchStore`]: the state store on OpenSearch.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
-use drover_model::{Deployment, Event, Execution, NodeInstance};
+use drover_model::{
+    ClockSequence, Deployment, Event, Execution, NodeInstance, execution_event_records,
+};
 use opensearch::IndexParts;
 use opensearch::http::StatusCode;
 use opensearch::params::Refresh;
@@ -14,17 +14,17 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::worker::Worker;
-use super::{Client, ItemOutcome, OpenSearchOptions, push_line, request_error};
+use super::{BulkBody, Client, ItemOutcome, OpenSearchOptions, request_error};
 use crate::events::EventRecord;
-use crate::{Blueprint, JournalEntry, Result, StateStore, StoreError, next_version};
+use crate::{Blueprint, JournalEntry, Result, Secret, StateStore, StoreError, next_version};
 
 /// The state store on an OpenSearch node. Its requests run on a runtime of its own (see
 /// [`super`]'s worker), so its methods may be called from any thread.
 pub struct OpenSearchStore {
     client: Client,
-    /// Increasing sequence numbers for first-write order and journal order: the wall clock in
-    /// microseconds, never less than the last one plus one.
-    sequence: Arc<AtomicU64>,
+    /// Increasing sequence numbers for first-write order, journal order and the workflow's own
+    /// events.
+    sequence: Arc<ClockSequence>,
     worker: Worker,
 }
 
@@ -37,33 +37,13 @@ impl OpenSearchStore {
         worker.run(async move { c.ensure_indices().await })?;
         Ok(Self {
             client,
-            sequence: Arc::new(AtomicU64::new(0)),
+            sequence: Arc::default(),
             worker,
         })
     }
 
     pub fn client(&self) -> &Client {
         &self.client
-    }
-
-    fn next_sequence(&self, n: u64) -> u64 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or_default();
-        let mut last = self.sequence.load(Ordering::Relaxed);
-        loop {
-            let first = now.max(last + 1);
-            match self.sequence.compare_exchange(
-                last,
-                first + n.saturating_sub(1),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return first,
-                Err(actual) => last = actual,
-            }
-        }
     }
 
     /// Runs `f` with a clone of the client on the worker.
@@ -75,13 +55,14 @@ impl OpenSearchStore {
         self.worker.run(f(self.client.clone()))
     }
 
-    /// Writes documents in one `_bulk` request; fails unless every one is indexed.
-    fn bulk(&self, body: Vec<u8>, refresh: Refresh) -> Result<()> {
-        if body.is_empty() {
-            return Ok(());
-        }
-        let outcomes =
-            self.run(move |c| async move { c.bulk(Bytes::from(body), refresh).await })?;
+    /// Sends a body's `_bulk` requests one after the other; the outcome of every action.
+    fn send_bulk(&self, body: BulkBody, refresh: Refresh) -> Result<Vec<ItemOutcome>> {
+        self.run(move |c| async move { c.send_bulk_in_order(body, refresh).await })
+    }
+
+    /// Writes documents; fails unless every one is indexed.
+    fn bulk(&self, body: BulkBody, refresh: Refresh) -> Result<()> {
+        let outcomes = self.send_bulk(body, refresh)?;
         match outcomes.into_iter().find(|o| *o != ItemOutcome::Indexed) {
             Some(o) => Err(StoreError::OpenSearch(format!(
                 "a bulk write failed: {o:?}"
@@ -92,9 +73,8 @@ impl OpenSearchStore {
 
     /// Replaces one document, visible to lists when this returns.
     fn put_doc(&self, index: &str, id: &str, doc: Value) -> Result<()> {
-        let mut body = Vec::new();
-        push_line(&mut body, &json!({"index": {"_index": index, "_id": id}}))?;
-        push_line(&mut body, &doc)?;
+        let mut body = BulkBody::new();
+        body.push(&json!({"index": {"_index": index, "_id": id}}), &doc)?;
         self.bulk(body, Refresh::WaitFor)
     }
 
@@ -107,23 +87,24 @@ impl OpenSearchStore {
         }
     }
 
-    /// Every matching document's record, in `sort` order.
+    /// Every matching document's record, in `sort` order. The index is refreshed first, so a
+    /// list sees every write before it, as a real-time get does: a client that read an
+    /// execution as ended and then asks what still runs must not be told it runs.
     fn list<T: DeserializeOwned>(&self, index: &str, query: Value, sort: Value) -> Result<Vec<T>> {
         let index = index.to_owned();
-        let sources = self.run(move |c| async move { c.search_all(&index, query, sort).await })?;
+        let sources = self.run(move |c| async move {
+            c.refresh(&index).await?;
+            c.search_all(&index, query, sort).await
+        })?;
         sources.iter().map(body_of).collect()
     }
 
     fn delete_docs(&self, index: &str, ids: &[String]) -> Result<()> {
-        let mut body = Vec::new();
+        let mut body = BulkBody::new();
         for id in ids {
-            push_line(&mut body, &json!({"delete": {"_index": index, "_id": id}}))?;
+            body.delete(&json!({"delete": {"_index": index, "_id": id}}))?;
         }
-        if body.is_empty() {
-            return Ok(());
-        }
-        let outcomes =
-            self.run(move |c| async move { c.bulk(Bytes::from(body), Refresh::WaitFor).await })?;
+        let outcomes = self.send_bulk(body, Refresh::WaitFor)?;
         // Deleting what is not there answers 404: the document is gone either way.
         match outcomes.into_iter().find(|o| match o {
             ItemOutcome::Indexed => false,
@@ -167,6 +148,10 @@ fn body_string(record: &impl Serialize) -> Result<String> {
 
 fn instance_doc_id(deployment_id: &str, id: &str) -> String {
     format!("{deployment_id}/{id}")
+}
+
+fn secret_doc_id(tenant: &str, key: &str) -> String {
+    format!("{tenant}/{key}")
 }
 
 fn instance_fields(instance: &NodeInstance) -> Result<Value> {
@@ -240,8 +225,8 @@ impl StateStore for OpenSearchStore {
 
     fn put_node_instances(&self, deployment_id: &str, instances: &[NodeInstance]) -> Result<()> {
         let index = self.client.index("node-instances");
-        let first = self.next_sequence(instances.len() as u64);
-        let mut body = Vec::with_capacity(instances.len() * 512);
+        let first = self.sequence.reserve(instances.len() as u64);
+        let mut body = BulkBody::new();
         for (i, instance) in instances.iter().enumerate() {
             // An update with an upsert: a new instance gets its sequence, a replaced one keeps it.
             let fields = instance_fields(instance)?;
@@ -249,11 +234,10 @@ impl StateStore for OpenSearchStore {
             upsert["id"] = json!(instance.id);
             upsert["deployment_id"] = json!(deployment_id);
             upsert["seq"] = json!(first + i as u64);
-            push_line(
-                &mut body,
+            body.push(
                 &json!({"update": {"_index": index, "_id": instance_doc_id(deployment_id, &instance.id)}}),
+                &json!({"doc": fields, "upsert": upsert}),
             )?;
-            push_line(&mut body, &json!({"doc": fields, "upsert": upsert}))?;
         }
         self.bulk(body, Refresh::WaitFor)
     }
@@ -334,6 +318,12 @@ impl StateStore for OpenSearchStore {
     }
 
     fn put_execution(&self, execution: &Execution) -> Result<()> {
+        if execution.status.is_final() {
+            // Its events become searchable before it shows as ended: a client that waits for
+            // the end and then lists the events (Cloudify's does) finds them all.
+            let index = self.client.events_pattern();
+            self.run(move |c| async move { c.refresh(&index).await })?;
+        }
         self.put_doc(
             &self.client.index("executions"),
             &execution.id,
@@ -361,16 +351,12 @@ impl StateStore for OpenSearchStore {
 
     fn append_journal(&self, execution_id: &str, entries: &[JournalEntry]) -> Result<()> {
         let index = self.client.index("journal");
-        let first = self.next_sequence(entries.len() as u64);
-        let mut body = Vec::with_capacity(entries.len() * 128);
+        let first = self.sequence.reserve(entries.len() as u64);
+        let mut body = BulkBody::new();
         for (i, entry) in entries.iter().enumerate() {
             let seq = first + i as u64;
-            push_line(
-                &mut body,
+            body.push(
                 &json!({"index": {"_index": index, "_id": format!("{execution_id}/{seq}")}}),
-            )?;
-            push_line(
-                &mut body,
                 &json!({"execution_id": execution_id, "seq": seq, "entry": entry.get()}),
             )?;
         }
@@ -396,18 +382,7 @@ impl StateStore for OpenSearchStore {
     }
 
     fn append_events(&self, execution_id: &str, events: &[Event]) -> Result<()> {
-        // The store's events go to the event index, under ids in append order.
-        let first = self.next_sequence(events.len() as u64);
-        let records: Vec<EventRecord> = events
-            .iter()
-            .enumerate()
-            .map(|(i, event)| EventRecord {
-                id: format!("{execution_id}-{:020}", first + i as u64),
-                level: None,
-                logger: None,
-                event: event.clone(),
-            })
-            .collect();
+        let records = execution_event_records(execution_id, events, &self.sequence);
         let outcomes =
             self.run(move |c| async move { c.bulk_events(&records, Refresh::False).await })?;
         match outcomes.into_iter().find(|o| *o != ItemOutcome::Indexed) {
@@ -420,6 +395,7 @@ impl StateStore for OpenSearchStore {
 
     fn events(&self, execution_id: &str) -> Result<Vec<Event>> {
         let index = self.client.events_pattern();
+        // Task ids begin with the execution's too; agents' logs have ids of their own.
         let prefix = format!("{execution_id}-");
         let query = json!({"bool": {"filter": [
             {"term": {"context.execution_id": execution_id}},
@@ -427,11 +403,42 @@ impl StateStore for OpenSearchStore {
         ]}});
         let sources = self.run(move |c| async move {
             c.refresh(&index).await?;
-            c.search_all(&index, query, json!([{"id": "asc"}])).await
+            // Task events' ids do not sort in append order: time does, and the id among
+            // events of one millisecond.
+            c.search_all(&index, query, json!([{"timestamp": "asc"}, {"id": "asc"}]))
+                .await
         })?;
         sources
             .into_iter()
             .map(|s| Ok(serde_json::from_value::<EventRecord>(s)?.event))
             .collect()
+    }
+
+    fn put_secret(&self, tenant: &str, secret: &Secret) -> Result<()> {
+        self.put_doc(
+            &self.client.index("secrets"),
+            &secret_doc_id(tenant, &secret.key),
+            json!({"tenant": tenant, "key": secret.key, "body": body_string(secret)?}),
+        )
+    }
+
+    fn secret(&self, tenant: &str, key: &str) -> Result<Option<Secret>> {
+        self.get_body(&self.client.index("secrets"), &secret_doc_id(tenant, key))
+    }
+
+    fn secrets(&self, tenant: &str) -> Result<Vec<Secret>> {
+        self.list(
+            &self.client.index("secrets"),
+            json!({"term": {"tenant": tenant}}),
+            json!([{"key": "asc"}]),
+        )
+    }
+
+    fn delete_secret(&self, tenant: &str, key: &str) -> Result<bool> {
+        if self.secret(tenant, key)?.is_none() {
+            return Ok(false);
+        }
+        self.delete_docs(&self.client.index("secrets"), &[secret_doc_id(tenant, key)])?;
+        Ok(true)
     }
 }

@@ -14,10 +14,12 @@ use drover_agent::{
 use drover_bus::{AmqpBus, AmqpOptions, Bus, Topology};
 use drover_model::{OperationTask, Plan};
 use drover_proto::drover::workflow::v1 as pb;
+use drover_shipping::Shipper;
 use drover_store::StateStore;
 use drover_workflow::testing::PlanBuilder;
 use drover_workflow::{
-    BusDispatcher, Engine, HostRouter, Replica, ReplicaConfig, RunOptions, WorkflowService,
+    BusDispatcher, Engine, HostRouter, IngestEvents, Replica, ReplicaConfig, RunOptions,
+    WorkflowService,
 };
 use pb::workflow_client::WorkflowClient;
 use tokio::task::JoinHandle;
@@ -117,6 +119,16 @@ impl Drop for Agents {
 }
 
 pub async fn agents(bus: Arc<dyn Bus>, plan: &Plan, delay: Duration) -> Agents {
+    agents_shipping(bus, plan, delay, None).await
+}
+
+/// [`agents`] that ship their task events through `events`, as `drover-agent` does.
+pub async fn agents_shipping(
+    bus: Arc<dyn Bus>,
+    plan: &Plan,
+    delay: Duration,
+    events: Option<drover_agent::Shipper>,
+) -> Agents {
     let runs = Runs::default();
     let (gate, gate_rx) = tokio::sync::watch::channel(true);
     let mut plugins = PluginRegistry::empty();
@@ -146,7 +158,10 @@ pub async fn agents(bus: Arc<dyn Bus>, plan: &Plan, delay: Duration) -> Agents {
     let handles = queues
         .into_iter()
         .map(|queue| {
-            let service = AgentService::new(bus.clone(), runner.clone(), queue);
+            let mut service = AgentService::new(bus.clone(), runner.clone(), queue);
+            if let Some(shipper) = &events {
+                service = service.with_events(shipper.clone());
+            }
             tokio::spawn(service.with_concurrency(8).run())
         })
         .collect();
@@ -182,12 +197,36 @@ impl Drop for InProcess {
 }
 
 pub async fn in_process(bus: Arc<dyn Bus>, store: Arc<dyn StateStore>, name: &str) -> InProcess {
+    in_process_with(bus, store, name, Events::Store).await
+}
+
+/// Where an in-process replica keeps its executions' events.
+pub enum Events {
+    /// In the store only.
+    Store,
+    /// In the store, and shipped to ingest (best effort) through this shipper.
+    StoreAndShipped(Shipper),
+    /// On the ingest queue only (`IngestEvents`), as a replica on OpenSearch does.
+    Ingest,
+}
+
+/// [`in_process`] with the replica's events kept as `events` says.
+pub async fn in_process_with(
+    bus: Arc<dyn Bus>,
+    store: Arc<dyn StateStore>,
+    name: &str,
+    events: Events,
+) -> InProcess {
     let router = HostRouter::new(store.clone());
     let dispatcher = BusDispatcher::start(bus.clone(), name)
         .await
         .unwrap()
         .with_router(move |topology, task| router.route(topology, task));
-    let engine = Arc::new(Engine::new(store, dispatcher));
+    let mut engine = Engine::new(store, dispatcher);
+    if let Events::Ingest = events {
+        engine = engine.with_events(Arc::new(IngestEvents::new(bus.clone())));
+    }
+    let engine = Arc::new(engine);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tonic::transport::Server::builder()
@@ -197,11 +236,14 @@ pub async fn in_process(bus: Arc<dyn Bus>, store: Arc<dyn StateStore>, name: &st
         capacity: 2,
         run: RunOptions {
             parallelism: 20,
-            store_events: true,
+            keep_events: true,
         },
         ..ReplicaConfig::default()
     };
-    let replica = Replica::new(engine, bus, config);
+    let mut replica = Replica::new(engine, bus, config);
+    if let Events::StoreAndShipped(shipper) = events {
+        replica = replica.with_events(shipper);
+    }
     let handles = vec![
         tokio::spawn(async move { server.await.expect("serving") }),
         tokio::spawn(async move {
@@ -231,7 +273,7 @@ pub async fn create_deployment(client: &mut Client, id: &str, plan: &Plan) -> pb
             source: Some(pb::create_deployment_request::Source::PlanJson(
                 serde_json::to_string(plan).unwrap(),
             )),
-            inputs_json: String::new(),
+            ..Default::default()
         })
         .await
         .expect("CreateDeployment")

@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use drover_model::{Event, Execution, ExecutionStatus, Map, NodeInstance, Plan};
+use drover_model::{Event, Execution, ExecutionStatus, NodeInstance, Plan};
 use drover_store::{MemoryStore, StateStore};
+use drover_workflow::NewDeployment;
 use drover_workflow::testing::{PlanBuilder, RecordingRunner};
 use drover_workflow::{
     Canceller, Engine, InProcessDispatcher, NullObserver, Observer, RunOptions, TaskDispatcher,
@@ -31,7 +32,7 @@ pub fn engine(plan: Plan, runner: RecordingRunner) -> TestEngine {
 pub fn engine_on(store: Arc<dyn StateStore>, plan: Plan, runner: RecordingRunner) -> TestEngine {
     let engine = Engine::new(store, InProcessDispatcher::new(runner));
     engine
-        .create_deployment("d", "bp", plan, Map::new(), None)
+        .create_deployment(NewDeployment::new("d", "bp", plan))
         .unwrap();
     engine
 }
@@ -138,4 +139,21 @@ pub fn assert_relationship_order(lines: &[String], instances: &[NodeInstance], t
 
 pub fn null() -> NullObserver {
     NullObserver
+}
+
+/// Runs (or resumes) an existing execution, asserting that it ended terminated.
+pub async fn resume_to_the_end<D: TaskDispatcher>(
+    engine: &Engine<D>,
+    id: &str,
+    options: &RunOptions,
+) -> Execution {
+    let (_canceller, cancel) = Canceller::new();
+    let resumed = engine.run(id, options, &mut null(), cancel).await.unwrap();
+    assert_eq!(
+        resumed.status,
+        ExecutionStatus::Terminated,
+        "{}",
+        resumed.error
+    );
+    resumed
 }
