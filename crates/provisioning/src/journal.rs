@@ -26,7 +26,9 @@ use crate::driver::ServerKey;
 /// What the journal knows of one key.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct KeyRecord {
-    /// When the last create request for the key was about to be sent.
+    /// When the last create request for the key was about to be sent, or was answered if
+    /// that is later: lists may miss the key's server until the consistency window has passed
+    /// since then.
     pub last_intent: Option<SystemTime>,
     /// Cloud ids of servers made for the key and not yet deleted.
     pub server_ids: BTreeSet<String>,
@@ -187,12 +189,18 @@ impl Journal {
         })
     }
 
+    /// Records that the cloud made server `id` for `key`. The request may have reached the
+    /// cloud well after its intent (it waits for its pace, and a 429 is sent again after its
+    /// Retry-After), so the key's consistency window restarts at the answer. Only in memory: a
+    /// reopened journal counts every window from its opening anyway.
     pub fn created(&self, key: &ServerKey, id: &str) -> Result<(), JournalError> {
         self.record(Entry::Created {
             deployment: key.deployment_id.clone(),
             key: key.key.clone(),
             id: id.into(),
-        })
+        })?;
+        self.keys().entry(key.clone()).or_default().last_intent = Some(SystemTime::now());
+        Ok(())
     }
 
     pub fn deleted(&self, key: &ServerKey, id: &str) -> Result<(), JournalError> {
@@ -336,4 +344,19 @@ mod tests {
         assert_eq!(journal.newest_intent(Some("d3")), None);
     }
 
+    #[test]
+    fn a_create_answered_late_restarts_the_window_at_the_answer() {
+        let journal = Journal::in_memory();
+        let key = ServerKey::new("a", "d");
+        journal.intent(&key).unwrap();
+        let sent = journal.get(&key).last_intent.unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        journal.created(&key, "id-1").unwrap();
+        let answered = journal.get(&key).last_intent.unwrap();
+        assert!(
+            answered.duration_since(sent).unwrap() >= Duration::from_millis(20),
+            "{sent:?} {answered:?}"
+        );
+        assert_eq!(journal.newest_intent(Some("d")), Some(answered));
+    }
 }
