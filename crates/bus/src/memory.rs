@@ -44,6 +44,25 @@ impl MemoryBus {
         }
     }
 
+    /// Does to the consumers what a broker restart does, for tests of the layers above: every
+    /// delivery not yet settled becomes stale and its message goes back to its queue, flagged
+    /// redelivered. The consumers stay subscribed, as an `AmqpBus` consumer subscribes again.
+    pub fn lose_connections(&self) {
+        let mut broker = self.lock();
+        let held: Vec<(String, Vec<Stored>)> = broker
+            .consumers
+            .values_mut()
+            .map(|state| {
+                state.freed.notify_waiters();
+                let unacked = std::mem::take(&mut state.unacked);
+                (state.queue.clone(), unacked.into_values().collect())
+            })
+            .collect();
+        for (queue, messages) in held {
+            broker.requeue(&queue, messages.into_iter());
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Broker> {
         lock(&self.broker)
     }
@@ -469,6 +488,13 @@ impl Settle for MemorySettle {
         }
         published
     }
+
+    fn is_stale(&self) -> bool {
+        lock(&self.broker)
+            .consumers
+            .get(&self.consumer)
+            .is_none_or(|state| !state.unacked.contains_key(&self.tag))
+    }
 }
 
 #[cfg(test)]
@@ -476,6 +502,38 @@ mod tests {
     use super::*;
 
     crate::bus_suite!(|topology| async move { MemoryBus::new(topology) });
+
+    #[tokio::test]
+    async fn lost_connections_make_held_deliveries_stale_and_deliver_them_again() {
+        let bus = MemoryBus::new(crate::suite::topology("lose_connections"));
+        let t = bus.topology().clone();
+        for id in ["a", "b"] {
+            bus.publish(&t.execution(), Message::new(id).with_id(id))
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let mut replica = bus
+            .consume(
+                &t.executions_queue_name(),
+                ConsumeOptions::default().with_prefetch(1),
+            )
+            .await
+            .unwrap();
+        let held = crate::suite::expect(&mut replica).await;
+        assert!(!held.is_stale());
+        bus.lose_connections();
+        assert!(held.is_stale());
+        let again = crate::suite::expect(&mut replica).await;
+        assert_eq!(again.message.id, held.message.id);
+        assert!(again.redelivered && !again.is_stale());
+        assert_eq!(held.ack().await, Err(BusError::StaleDelivery));
+        again.ack().await.unwrap();
+        let next = crate::suite::expect(&mut replica).await;
+        assert_eq!(next.message.id.as_deref(), Some("b"));
+        assert!(!next.redelivered);
+    }
 
     #[test]
     fn consistent_hash_follows_weights() {

@@ -99,6 +99,8 @@ pub(crate) trait Settle: Send + Sync {
     async fn nack(&self, requeue: bool) -> Result<()>;
     /// Publishes `copy` to the dead-letter exchange (confirmed), then acknowledges the original.
     async fn dead_letter(&self, copy: Message) -> Result<()>;
+    /// The delivery can no longer be settled (see [`Delivery::is_stale`]).
+    fn is_stale(&self) -> bool;
 }
 
 /// A message handed to a consumer; settle it with exactly one of [`Delivery::ack`],
@@ -132,6 +134,14 @@ impl Delivery {
             redelivered,
             settle,
         }
+    }
+
+    /// True once this delivery can no longer be settled: it was settled, or the channel it
+    /// came on closed (a lost connection, a broker restart, its consumer dropped), and the
+    /// broker gives the message to a consumer again. Whoever holds a delivery as a lease (a
+    /// workflow replica its execution's ticket) has lost the lease then.
+    pub fn is_stale(&self) -> bool {
+        self.settle.is_stale()
     }
 
     /// Done with it: the broker forgets the message.

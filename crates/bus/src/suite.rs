@@ -72,6 +72,19 @@ pub fn topology(case: &str) -> topology::Topology {
         .with_queue_expiry(Duration::from_secs(300))
 }
 
+/// Waits until `delivery` is stale, or panics after [`EXPECT`].
+pub async fn wait_stale(delivery: &Delivery) {
+    let deadline = tokio::time::Instant::now() + EXPECT;
+    while !delivery.is_stale() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "delivery {:?} still live after {EXPECT:?}",
+            delivery.message.id
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The next delivery, or a panic naming the queue after [`EXPECT`].
 pub async fn expect(consumer: &mut Consumer) -> Delivery {
     match tokio::time::timeout(EXPECT, consumer.next()).await {
@@ -359,6 +372,10 @@ pub async fn dropped_consumer_redelivers(bus: &dyn Bus) {
     let mut replica = consumer(bus, &t.executions_queue_name(), 2).await;
     let held: Vec<Delivery> = vec![expect(&mut replica).await, expect(&mut replica).await];
     let held_ids: BTreeSet<_> = held.iter().map(|d| d.message.id.clone()).collect();
+    assert!(
+        !held.iter().any(Delivery::is_stale),
+        "held deliveries are live"
+    );
     drop(replica);
 
     let mut takeover = consumer(bus, &t.executions_queue_name(), 8).await;
@@ -371,7 +388,11 @@ pub async fn dropped_consumer_redelivers(bus: &dyn Bus) {
     for (id, flag) in &redelivered {
         assert_eq!(*flag, held_ids.contains(id), "redelivered flag of {id:?}");
     }
-    // Settling a delivery of the dropped consumer is refused, not applied elsewhere.
+    // The dropped consumer's deliveries are stale (an AmqpBus learns it when the broker
+    // answers the channel's close), and settling one is refused, not applied elsewhere.
+    for delivery in &held {
+        wait_stale(delivery).await;
+    }
     for delivery in held {
         assert_eq!(delivery.ack().await, Err(BusError::StaleDelivery));
     }

@@ -1,6 +1,7 @@
 //! The broker closes the bus's connection while a consumer holds unacknowledged deliveries:
-//! the bus reconnects, the held deliveries come again flagged `redelivered`, settling the old
-//! ones is refused (never applied to the new channel), and publishing carries on.
+//! the bus reconnects, the held deliveries are stale and come again flagged `redelivered`,
+//! settling the old ones is refused (never applied to the new channel), and publishing carries
+//! on.
 //!
 //! In a binary of its own, like the restart test, because it closes connections on the broker.
 
@@ -10,7 +11,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use drover_bus::suite::expect;
-use drover_bus::{AmqpBus, Bus, BusError, ConsumeOptions, Message};
+use drover_bus::{AmqpBus, Bus, BusError, ConsumeOptions, Delivery, Message};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/rabbitmq");
 
@@ -73,6 +74,10 @@ async fn lost_connection_redelivers_and_refuses_stale_acks() {
         .await
         .expect("consume");
     let held = [expect(&mut consumer).await, expect(&mut consumer).await];
+    assert!(
+        !held.iter().any(Delivery::is_stale),
+        "held deliveries are live"
+    );
     assert_eq!(
         close_connections_named(&name),
         1,
@@ -93,6 +98,10 @@ async fn lost_connection_redelivers_and_refuses_stale_acks() {
         .map(|(id, flag)| (id.to_string(), flag))
         .collect();
     assert_eq!(redelivered, expected);
+    assert!(
+        held.iter().all(Delivery::is_stale),
+        "deliveries of the lost connection are stale"
+    );
     for delivery in held {
         assert_eq!(delivery.ack().await, Err(BusError::StaleDelivery));
     }

@@ -7,7 +7,9 @@
 //! to another, whose engine finds the journal and resumes: finished tasks are not sent again,
 //! in-flight ones are re-sent under their ids, and agents answer a repeated id with its first
 //! result. A ticket of an execution that already ended (its replica died between the store and
-//! the ack) is acknowledged without running.
+//! the ack) is acknowledged without running. The ticket is the replica's lease: when its
+//! channel closes (a broker restart, a lost connection) the broker hands it out again, so the
+//! replica abandons the run as if it had died, unless the broker handed the ticket back to it.
 //!
 //! Cancel goes through the store: `CancelExecution` writes `cancelling` or `force_cancelling`,
 //! and the replica running the execution polls its status every [`ReplicaConfig::cancel_poll`]
@@ -49,7 +51,8 @@ pub struct ReplicaConfig {
     /// Executions run at once: the prefetch of the executions queue.
     pub capacity: u16,
     pub run: RunOptions,
-    /// How often a running execution's status is read for a cancel request.
+    /// How often a running execution's status is read for a cancel request, and its ticket
+    /// checked for a lost channel.
     pub cancel_poll: Duration,
 }
 
@@ -121,10 +124,12 @@ impl<D: TaskDispatcher + 'static> Replica<D> {
     }
 }
 
-/// The executions this replica runs, with the tickets delivered for each while it runs. After a
-/// reconnect the broker delivers a running execution's ticket again (the first delivery went
-/// stale with its channel): that copy is kept, to be acknowledged when the run ends, rather
-/// than run a second time.
+/// The executions this replica runs, with the tickets delivered for each while it runs. The
+/// ticket is the run's lease: when its channel closes (a lost connection, a broker restart) the
+/// broker gives it out again, maybe to another replica, so a run whose tickets are all stale
+/// is abandoned (within one [`ReplicaConfig::cancel_poll`]; the broker is seldom back sooner).
+/// A copy delivered here again while the run goes on (this replica reconnected first) is
+/// kept, to be acknowledged when the run ends, rather than run a second time.
 #[derive(Clone, Default)]
 struct Running(Arc<Mutex<HashMap<String, Vec<Delivery>>>>);
 
@@ -141,6 +146,21 @@ impl Running {
             None => {
                 running.insert(id.to_owned(), vec![delivery]);
                 true
+            }
+        }
+    }
+
+    /// Returns once every ticket held for the run is stale (checked `every`): the broker
+    /// has given the execution back to the queue, and another replica may be resuming it.
+    async fn lost(&self, id: &str, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            let running = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if running
+                .get(id)
+                .is_none_or(|tickets| tickets.iter().all(Delivery::is_stale))
+            {
+                return;
             }
         }
     }
@@ -206,9 +226,18 @@ async fn handle<D: TaskDispatcher + 'static>(
         Some(shipper) => Box::new(ShipEvents::new(shipper)),
         None => Box::new(NullObserver),
     };
-    let result = engine
-        .run(&id, &config.run, observer.as_mut(), cancel)
-        .await;
+    let run = engine.run(&id, &config.run, observer.as_mut(), cancel);
+    let result = tokio::select! {
+        result = run => result,
+        () = running.lost(&id, config.cancel_poll) => {
+            // Dropped mid-way, as a kill -9 would: whoever gets the ticket resumes from the
+            // journal, and the agents answer the tasks in flight from memory.
+            watcher.abort();
+            running.end(&id);
+            tracing::warn!(execution = %id, "the ticket went back to the broker with its channel; run abandoned");
+            return;
+        }
+    };
     watcher.abort();
     let tickets = running.end(&id);
     let ack = match result {

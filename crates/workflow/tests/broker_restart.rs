@@ -1,7 +1,7 @@
 //! A RabbitMQ restart in the middle of an install run by the workflow service: the bus
-//! reconnects, the replica keeps its execution (the ticket delivered again is kept, not run a
-//! second time), the agents answer the tasks delivered again with their first results, and the
-//! install finishes with nothing run twice.
+//! reconnects, the replica resumes its execution when the ticket comes again (or goes on, if the
+//! new copy reached it before it saw the old one lost), the agents answer the tasks delivered
+//! again with their first results, and the install finishes with nothing run twice.
 //!
 //! It restarts the broker (`scripts/rabbitmq restart`, with the caller's DROVER_RABBITMQ_*
 //! environment), so it lives in a test binary of its own: no other broker test runs meanwhile.

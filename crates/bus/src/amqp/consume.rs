@@ -216,6 +216,11 @@ impl Settle for AmqpSettle {
         settled(self.acker.nack(options)).await
     }
 
+    /// lapin poisons a channel's ackers when the channel closes or its connection is lost.
+    fn is_stale(&self) -> bool {
+        !self.acker.usable()
+    }
+
     async fn dead_letter(&self, copy: Message) -> Result<()> {
         if !self.acker.usable() {
             return Err(BusError::StaleDelivery);
