@@ -51,6 +51,26 @@ pub fn sibling_binary(name: &str, env_var: &str) -> PathBuf {
     path
 }
 
+/// Spawns `command`, a server that prints `listening on ADDRESS` as its first line (cloudsim,
+/// the provisioner), and returns it with that address; its stderr goes to the caller's.
+pub fn spawn_listening(command: &mut Command, name: &str) -> (Child, String) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .unwrap_or_else(|e| panic!("reading {name}'s first line: {e}"));
+    let address = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line from {name}: {line:?}"))
+        .to_owned();
+    (child, address)
+}
+
 /// A `drover-cloudsim` child process, killed on drop.
 pub struct Cloudsim {
     child: Child,
@@ -61,21 +81,9 @@ pub struct Cloudsim {
 impl Cloudsim {
     /// Starts cloudsim with `args` (its flags) on a free port.
     pub fn start(args: &[&str]) -> Cloudsim {
-        let mut child = Command::new(sibling_binary("drover-cloudsim", "DROVER_CLOUDSIM_BIN"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting drover-cloudsim");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("reading cloudsim's first line");
-        let auth_url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from cloudsim: {line:?}"))
-            .to_owned();
+        let mut command = Command::new(sibling_binary("drover-cloudsim", "DROVER_CLOUDSIM_BIN"));
+        command.args(args);
+        let (child, auth_url) = spawn_listening(&mut command, "drover-cloudsim");
         Cloudsim { child, auth_url }
     }
 

@@ -228,18 +228,18 @@ async fn handle<D: TaskDispatcher + 'static>(
     };
     let run = engine.run(&id, &config.run, observer.as_mut(), cancel);
     let result = tokio::select! {
-        result = run => result,
-        () = running.lost(&id, config.cancel_poll) => {
-            // Dropped mid-way, as a kill -9 would: whoever gets the ticket resumes from the
-            // journal, and the agents answer the tasks in flight from memory.
-            watcher.abort();
-            running.end(&id);
-            tracing::warn!(execution = %id, "the ticket went back to the broker with its channel; run abandoned");
-            return;
-        }
+        result = run => Some(result),
+        () = running.lost(&id, config.cancel_poll) => None,
     };
     watcher.abort();
     let tickets = running.end(&id);
+    let Some(result) = result else {
+        // The run was dropped mid-way, as a kill -9 would: whoever gets the ticket resumes
+        // from the journal, and the agents answer the tasks in flight from memory. The stale
+        // tickets are dropped unsettled.
+        tracing::warn!(execution = %id, "the ticket went back to the broker with its channel; run abandoned");
+        return;
+    };
     let ack = match result {
         Ok(execution) => {
             tracing::info!(execution = %id, status = ?execution.status, "ended");

@@ -3,13 +3,12 @@
 
 #![allow(dead_code)] // each test file uses part of it
 
-use std::io::{BufRead, BufReader};
 use std::num::NonZeroU32;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_provisioning::testing::Cloudsim;
+use drover_provisioning::testing::{Cloudsim, spawn_listening};
 use drover_provisioning::{
     Journal, NovaAccount, NovaDriver, NovaPolicy, Provisioner, ProvisionerConfig, ServerSpec,
 };
@@ -55,27 +54,16 @@ pub struct ProvisionerProcess {
 
 impl ProvisionerProcess {
     pub fn start(cloud: &Cloudsim, state_dir: &std::path::Path, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_drover-provisioner"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_drover-provisioner"));
+        command
             .args(["--cloud", "nova", "--listen", "127.0.0.1:0", "--state-dir"])
             .arg(state_dir)
             .args(args)
             .env("OS_AUTH_URL", &cloud.auth_url)
             .env("OS_USERNAME", "admin")
             .env("OS_PASSWORD", "secret")
-            .env("OS_PROJECT_NAME", "drover")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting drover-provisioner");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("reading the provisioner's first line");
-        let endpoint = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from drover-provisioner: {line:?}"))
-            .to_owned();
+            .env("OS_PROJECT_NAME", "drover");
+        let (child, endpoint) = spawn_listening(&mut command, "drover-provisioner");
         ProvisionerProcess { child, endpoint }
     }
 
